@@ -1,0 +1,9 @@
+"""Samplers that return tokens AND their trajectories (step maps)."""
+
+from tracerl_jax.sampling.block_sampler import (BlockSamplerConfig, Rollout, make_block_sampler,
+                                                validate_prompts)
+from tracerl_jax.sampling.remasking import STRATEGIES, select, step_quotas
+from tracerl_jax.sampling.token_sampling import Sampled, filter_logits, sample
+
+__all__ = ["BlockSamplerConfig", "Rollout", "make_block_sampler", "validate_prompts", "STRATEGIES",
+           "select", "step_quotas", "Sampled", "filter_logits", "sample"]
