@@ -1,0 +1,95 @@
+"""Device mesh and parameter sharding rules -- the one place PartitionSpecs live.
+
+Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel with
+parameters and optimizer state sharded), ``tensor`` (Megatron-style tensor
+parallel). Batches shard their leading (row) axis over ``("data", "fsdp")``.
+
+Parameter rules map a regex on the parameter path (``"layers/0/attn/q_proj/kernel"``)
+to a spec for the *trailing* dimensions; extra leading dims (stacked layers)
+are replicated. A mesh axis that does not divide its dimension is dropped for
+that parameter, so tiny test models shard wherever they can and replicate
+elsewhere instead of failing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# (regex on the parameter path, spec of the trailing dims). First match wins.
+# Column-parallel kernels [in, out] split `out` over tensor; row-parallel
+# kernels split `in`; fsdp takes the other dim.
+DEFAULT_RULES: tuple[tuple[str, tuple], ...] = (
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel", ("fsdp", "tensor")),
+    (r"(q_proj|k_proj|v_proj)/bias", ("tensor",)),
+    (r"(o_proj|down_proj)/kernel", ("tensor", "fsdp")),
+    (r"embed\w*/embedding", ("tensor", "fsdp")),
+    (r"lm_head/kernel", ("fsdp", "tensor")),
+    (r"value_head/kernel", ("fsdp", None)),
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all).
+
+    Raises:
+      ValueError: if the product does not equal the number of devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = data * fsdp * tensor
+    if n != len(devices):
+        raise ValueError(f"mesh {data}x{fsdp}x{tensor}={n} does not match {len(devices)} devices")
+    return Mesh(np.asarray(devices).reshape(data, fsdp, tensor), AXES)
+
+
+def _path_str(path) -> str:
+    parts = []
+    for k in path:
+        parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
+    return "/".join(parts)
+
+
+def _fit(spec: tuple, shape: tuple, mesh: Mesh) -> P:
+    spec = (None,) * (len(shape) - len(spec)) + tuple(spec[-len(shape):] if shape else ())
+    out = []
+    for dim, ax in zip(shape, spec):
+        if ax is not None and dim % mesh.shape[ax] != 0:
+            ax = None
+        out.append(ax)
+    return P(*out)
+
+
+def param_specs(params, mesh: Mesh, rules=DEFAULT_RULES):
+    """PartitionSpec for every leaf of ``params`` (same tree structure)."""
+    compiled = [(re.compile(r), s) for r, s in rules]
+
+    def spec(path, leaf):
+        name = _path_str(path)
+        for rx, s in compiled:
+            if rx.search(name):
+                return _fit(s, np.shape(leaf), mesh)
+        return P()
+
+    return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def named(mesh: Mesh, specs):
+    """Maps a tree of PartitionSpecs to NamedShardings."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, leading_none: int = 0) -> NamedSharding:
+    """Sharding of a batch array whose row axis follows ``leading_none`` unsharded axes."""
+    return NamedSharding(mesh, P(*([None] * leading_none), BATCH_AXES))
+
+
+def shard_params(params, mesh: Mesh, rules=DEFAULT_RULES):
+    """``device_put`` of ``params`` with the rule-derived shardings."""
+    return jax.device_put(params, named(mesh, param_specs(params, mesh, rules)))
