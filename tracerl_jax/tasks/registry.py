@@ -1,0 +1,86 @@
+"""Built-in tasks by name."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tracerl_jax.tasks.arithmetic import Arithmetic
+from tracerl_jax.tasks.base import Task
+from tracerl_jax.tasks.countdown import Countdown
+from tracerl_jax.tasks.example import Example
+from tracerl_jax.tasks.sudoku4 import Sudoku4
+
+_REGISTRY: dict[str, Callable[..., Task]] = {
+    Arithmetic.name: Arithmetic,
+    Sudoku4.name: Sudoku4,
+    Countdown.name: Countdown,
+}
+
+
+def task_names() -> tuple[str, ...]:
+    """Returns the registered task names, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def register_task(name: str, factory: Callable[..., Task]) -> None:
+    """Adds a task so ``get_task(name, **knobs)`` can build it.
+
+    Args:
+      name: the registry name; must be new.
+      factory: called with the knobs, returns a ``Task``.
+
+    Raises:
+      ValueError: if the name is taken.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"task {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def get_task(name: str, **knobs: Any) -> Task:
+    """Builds a registered task with the given difficulty knobs.
+
+    Args:
+      name: one of ``task_names()``.
+      **knobs: the task's knobs (e.g. ``digits=3`` for ``"arithmetic"``);
+        omitted knobs take their defaults.
+
+    Returns:
+      The task.
+
+    Raises:
+      ValueError: for an unknown name, an unknown knob, or a knob out of range.
+    """
+    try:
+        factory = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown task {name!r}; known tasks: {', '.join(task_names())}"
+        ) from None
+    try:
+        return factory(**knobs)
+    except TypeError as e:
+        raise ValueError(f"bad knobs for task {name!r}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"task {name!r}: {e}") from e
+
+
+def verify(response: str, example: Example) -> float:
+    """Scores a response with the verifier of the task that made ``example``.
+
+    Args:
+      response: model output (untrusted; never raises because of it).
+      example: an example from a built-in task (``meta["task"]`` names it).
+
+    Returns:
+      A reward in [0, 1].
+
+    Raises:
+      ValueError: if the example does not come from a registered task.
+    """
+    name = example.meta.get("task")
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"example's meta['task']={name!r} is not a registered task; "
+            "score data set examples with tracerl_jax.rewards instead")
+    return _REGISTRY[name](**example.meta.get("knobs", {})).verify(
+        response, example)
