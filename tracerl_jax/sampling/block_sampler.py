@@ -214,7 +214,8 @@ def _generate(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConf
             active = live & jnp.any(masked, axis=-1)
             logits, _ = forward_fn(params, ss["blk"], blk_pos, noised_info, st["cache"], False)
             keys = jax.vmap(jax.random.fold_in)(row_keys, ss["g"])
-            out = jax.vmap(lambda k, z: sample(k, z, cfg.temperature, cfg.top_k, cfg.top_p))(keys, logits)
+            out = jax.vmap(lambda k, z: sample(k, z, cfg.temperature, cfg.top_k, cfg.top_p,
+                                                                 exclude_id=cfg.mask_id))(keys, logits)
             commit = remasking.select(cfg.strategy, out.confidence, masked, quotas[ss["s"]],
                                       cfg.threshold, overwrite_committed=overwrite)
             commit = commit & active[:, None]

@@ -8,6 +8,11 @@ its confidence is its probability under the *unfiltered* softmax (unlike the
 reference's ``top_k=1``, where every confidence is 1.0, quirk Q-S3; pass
 ``top_k=1`` with a positive temperature to get that behaviour).
 
+The mask token itself is never sampled (``exclude_id``): a committed MASK
+would look undecoded to the sampler and be decoded again under its old step
+id, breaking the trajectory. The recorded log-prob still uses the full
+softmax, as the trainer does; a trained model puts ~0 mass on MASK.
+
 Besides the confidence we return the token's log-probability under the
 model's own distribution (temperature 1, no filtering): that is the policy
 log-prob the trainer recomputes, whatever sampling settings produced the
@@ -75,7 +80,7 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
 
 
 def sample(key: jax.Array, logits: jax.Array, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0) -> Sampled:
+           top_p: float = 1.0, exclude_id: int | None = None) -> Sampled:
     """Samples one token per position and reports its confidence and log-prob.
 
     Args:
@@ -84,13 +89,16 @@ def sample(key: jax.Array, logits: jax.Array, temperature: float = 1.0, top_k: i
       temperature: 0 means greedy.
       top_k: keep the k largest logits (0 = off).
       top_p: nucleus mass (1.0 = off).
+      exclude_id: a token id that is never sampled (the mask id).
 
     Returns:
       :class:`Sampled` with fields of shape ``[...]``.
     """
     logp_model = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    if exclude_id is not None:
+        logits = logits.astype(jnp.float32).at[..., exclude_id].set(NEG_INF)
     if temperature == 0.0:
-        tokens = jnp.argmax(logp_model, axis=-1)
+        tokens = jnp.argmax(logits, axis=-1)
         logp_tok = jnp.take_along_axis(logp_model, tokens[..., None], axis=-1)[..., 0]
         return Sampled(tokens.astype(jnp.int32), jnp.exp(logp_tok), logp_tok)
     z = filter_logits(logits, temperature, top_k, top_p)
