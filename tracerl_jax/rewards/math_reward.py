@@ -24,6 +24,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+# One extraction rule for the whole library (§7.1); the task verifiers use it too.
+from tracerl_jax.tasks.answers import _BOXED, extract_boxed
+
 __all__ = [
     "NO_ANSWER_SENTINEL",
     "Judgement",
@@ -39,41 +42,9 @@ NO_ANSWER_SENTINEL = "Can not extract the answer!"
 """What the reference puts in place of a missing answer (§7.1); our extractors return None."""
 
 _WORKER_PATH = str(pathlib.Path(__file__).with_name("_math_worker.py"))
-_BOXED = "\\boxed{"
 _GSM8K_MARK = "####"
 
 Extractor = Callable[[str], "str | None"]
-
-
-def extract_boxed(text: str) -> str | None:
-    """Returns the content of the last ``\\boxed{...}`` in `text` (§7.1).
-
-    Braces are matched by counting, so nested groups such as ``\\boxed{\\frac{1}{2}}`` come out
-    whole. Escaped braces (``\\{``) are counted like the reference counts them: as braces.
-
-    Args:
-      text: a model response.
-
-    Returns:
-      The enclosed text, or None when there is no ``\\boxed{`` or its brace never closes (the
-      reference returns `NO_ANSWER_SENTINEL` then).
-    """
-    if not isinstance(text, str):
-        return None
-    start = text.rfind(_BOXED)
-    if start < 0:
-        return None
-    depth = 1
-    begin = start + len(_BOXED)
-    for i in range(begin, len(text)):
-        ch = text[i]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[begin:i]
-    return None
 
 
 def extract_gsm8k(text: str) -> str | None:
