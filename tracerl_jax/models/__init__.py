@@ -1,0 +1,41 @@
+"""Model family (SDAR / TraDo, Qwen3 architecture), value model, presets and HF checkpoint I/O."""
+
+from tracerl_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
+from tracerl_jax.models.hf_io import hf_key_map, load_hf_checkpoint, read_hf_config, save_hf_checkpoint
+from tracerl_jax.models.presets import PRESET_NAMES, get_preset
+from tracerl_jax.models.transformer import (
+    ForwardOutput,
+    Transformer,
+    cache_init_fn,
+    forward,
+    init_model,
+    make_cache,
+    sampler_forward_fn,
+    split_model,
+    validate_inputs,
+)
+from tracerl_jax.models.value import ValueModel, init_value_model, value_forward, value_model_from_policy
+
+__all__ = [
+    "ForwardOutput",
+    "ModelConfig",
+    "PRESET_NAMES",
+    "SUPPORTED_MODEL_TYPES",
+    "Transformer",
+    "ValueModel",
+    "cache_init_fn",
+    "forward",
+    "get_preset",
+    "hf_key_map",
+    "init_model",
+    "init_value_model",
+    "load_hf_checkpoint",
+    "make_cache",
+    "read_hf_config",
+    "sampler_forward_fn",
+    "save_hf_checkpoint",
+    "split_model",
+    "validate_inputs",
+    "value_forward",
+    "value_model_from_policy",
+]

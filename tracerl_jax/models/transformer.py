@@ -1,0 +1,317 @@
+"""The SDAR/TraDo decoder (Qwen3 architecture) and its pure forward function.
+
+The model has no built-in causal mask: every forward pass takes the
+queries' :class:`~tracerl_jax.attention.MaskInfo` and derives the mask from
+the library's single predicate (ALGORITHMS.md §12: the attention takes an
+external mask). With a KV cache the keys are ``[cache slots (T) | the Q new
+tokens]``; the cache is written only when ``write_cache=True`` (§1.6: the
+K/V of a block still being denoised are never persisted).
+
+Use it functionally::
+
+    model = init_model(get_preset("tiny"), seed=0)
+    graphdef, params = split_model(model)
+    out = jax.jit(forward, static_argnums=0)(graphdef, params, tokens, positions, info)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tracerl_jax import attention as attn
+from tracerl_jax import kv_cache as kvc
+from tracerl_jax.attention import MaskInfo
+from tracerl_jax.kv_cache import KVCache
+from tracerl_jax.models.config import ModelConfig
+from tracerl_jax.models.layers import DecoderLayer, RMSNorm, normal_init, rope_tables
+
+
+class ForwardOutput(NamedTuple):
+    """Result of :func:`forward`.
+
+    Attributes:
+      logits: float32 ``[B, Q, V]``.
+      hidden: final-norm hidden states ``[B, Q, d]`` in the compute dtype.
+      cache: the updated cache when ``write_cache``, else the input cache
+        (``None`` without one).
+    """
+
+    logits: jax.Array
+    hidden: jax.Array
+    cache: Optional[KVCache]
+
+
+def _layer_call(layer, x, cos, sin, mask, past_k, past_v):
+    return layer(x, cos, sin, mask, past_k, past_v)
+
+
+_remat_layer_call = nnx.remat(_layer_call)
+
+
+class Transformer(nnx.Module):
+    """Qwen3-style decoder LM (SDAR / TraDo). Parameter names mirror the HF ones.
+
+    Attributes:
+      config: the :class:`ModelConfig` (static; part of the graphdef).
+      embed_tokens: ``nnx.Embed`` ``[V, d]``.
+      layers: ``nnx.List`` of :class:`DecoderLayer`.
+      norm: final RMSNorm.
+      lm_head: ``nnx.Linear`` ``[d, V]``; absent when ``tie_word_embeddings``.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=config.compute_dtype,
+                                      param_dtype=config.params_dtype, embedding_init=normal_init(), rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.params_dtype)
+        if not config.tie_word_embeddings:
+            self.lm_head = nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False,
+                                      dtype=config.compute_dtype, param_dtype=config.params_dtype,
+                                      kernel_init=normal_init(), rngs=rngs)
+
+    def encode(self, tokens: jax.Array, positions: jax.Array, mask_info: MaskInfo,
+               cache: Optional[KVCache] = None, *, write_cache: bool = False,
+               dense_mask: Optional[jax.Array] = None) -> tuple[jax.Array, Optional[KVCache]]:
+        """Runs the backbone; see :func:`forward` for the arguments.
+
+        Returns:
+          ``(hidden [B, Q, d], cache)`` with ``hidden`` after the final norm.
+        """
+        cfg = self.config
+        validate_inputs(cfg, tokens, positions, mask_info, cache, write_cache, dense_mask)
+        mask_info = MaskInfo(*mask_info)
+        if dense_mask is not None:
+            mask = dense_mask
+        elif cache is None:
+            mask = attn.dense_mask(mask_info, mask_info)
+        else:
+            mask = attn.dense_mask(mask_info, cache.info.concat(mask_info), q_offset=cache.max_len)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+        x = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(cfg.compute_dtype)
+        call = _remat_layer_call if cfg.remat else _layer_call
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            past_k, past_v = (None, None) if cache is None else kvc.layer_kv(cache, i)
+            x, k, v = call(layer, x, cos, sin, mask, past_k, past_v)
+            new_k.append(k)
+            new_v.append(v)
+        hidden = self.norm(x)
+        if write_cache:
+            cache = kvc.write(cache, jnp.stack(new_k), jnp.stack(new_v), mask_info)
+        return hidden, cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """LM head: ``hidden [B, Q, d]`` -> float32 logits ``[B, Q, V]``."""
+        cfg = self.config
+        if cfg.tie_word_embeddings:
+            w = self.embed_tokens.embedding[...].astype(cfg.compute_dtype)
+            return jnp.einsum("bqd,vd->bqv", hidden, w, preferred_element_type=jnp.float32)
+        w = self.lm_head.kernel[...].astype(cfg.compute_dtype)
+        return jnp.einsum("bqd,dv->bqv", hidden, w, preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens, positions, mask_info, cache=None, *, write_cache=False,
+                 dense_mask=None) -> ForwardOutput:
+        """Stateful convenience form of :func:`forward` (same arguments, same result)."""
+        hidden, cache = self.encode(tokens, positions, mask_info, cache, write_cache=write_cache,
+                                    dense_mask=dense_mask)
+        return ForwardOutput(self.logits(hidden), hidden, cache)
+
+
+# ---------------------------------------------------------------------------
+# Functional surface
+# ---------------------------------------------------------------------------
+
+
+def init_model(config: ModelConfig, rngs: Optional[nnx.Rngs] = None, *, seed: int = 0) -> Transformer:
+    """A freshly initialised :class:`Transformer` (normal(0.02) weights, unit norms)."""
+    return Transformer(config, rngs=rngs if rngs is not None else nnx.Rngs(seed))
+
+
+def split_model(model: nnx.Module) -> tuple[Any, nnx.State]:
+    """``(graphdef, params)``: the static structure and the ``nnx.Param`` state pytree.
+
+    Raises:
+      ValueError: if the model holds state other than parameters (it would be
+        lost by the functional API).
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError("model holds non-Param state; split it explicitly with nnx.split")
+    return graphdef, params
+
+
+def forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mask_info: MaskInfo,
+            cache: Optional[KVCache] = None, *, write_cache: bool = False,
+            dense_mask: Optional[jax.Array] = None) -> ForwardOutput:
+    """Pure forward pass of a :class:`Transformer`.
+
+    Without a cache the keys are the queries themselves, masked by
+    ``dense_mask(mask_info, mask_info)``. With a cache the keys are the ``T``
+    cache slots followed by the ``Q`` new tokens, masked by
+    ``dense_mask(mask_info, cache.info.concat(mask_info), q_offset=T)``.
+
+    Args:
+      graphdef: from :func:`split_model` (static under ``jax.jit``).
+      params: the parameter state (any sharding).
+      tokens: int ``[B, Q]``.
+      positions: int ``[B, Q]`` RoPE positions (explicit; padding arbitrary).
+      mask_info: ``MaskInfo`` of the queries, fields ``[B, Q]`` (``block``
+        int, ``noised``/``valid`` bool).
+      cache: optional ``KVCache`` with ``k, v [layers, B, T, Hkv, D]``.
+      write_cache: write the new tokens' K/V (post-norm, post-RoPE) and
+        ``mask_info`` at the cache cursor and return the updated cache.
+        Otherwise the input cache is returned unchanged.
+      dense_mask: optional bool ``[B, 1|H, Q, K]`` overriding the predicate
+        (``K = Q`` without a cache, ``T + Q`` with one).
+
+    Returns:
+      :class:`ForwardOutput` ``(logits f32 [B, Q, V], hidden [B, Q, d], cache)``.
+
+    Raises:
+      ValueError: on a malformed argument (checked before any tracing; token
+        ids are range-checked too when they are concrete host-local arrays).
+
+    The computation is compiled (``jax.jit``) even when called eagerly; under
+    an outer ``jit``/``grad``/``vmap`` it is simply inlined.
+    """
+    model_cfg = _config_of(graphdef, params)
+    validate_inputs(model_cfg, tokens, positions, mask_info, cache, write_cache, dense_mask)
+    return _forward_jit(graphdef, params, tokens, positions, MaskInfo(*mask_info), cache,
+                        write_cache=bool(write_cache), dense_mask=dense_mask)
+
+
+def _forward_impl(graphdef, params, tokens, positions, mask_info, cache, *, write_cache, dense_mask):
+    return nnx.merge(graphdef, params)(tokens, positions, mask_info, cache, write_cache=write_cache,
+                                       dense_mask=dense_mask)
+
+
+# Compiled even when called eagerly (op-by-op dispatch of a whole transformer
+# costs seconds per new shape); under an outer jit/grad/vmap it simply inlines.
+_forward_jit = jax.jit(_forward_impl, static_argnums=0, static_argnames="write_cache")
+
+
+@functools.lru_cache(maxsize=64)
+def _static_config(graphdef) -> Optional[ModelConfig]:
+    # The root module's ``config`` is a static attribute of the graphdef; reading
+    # it avoids rebuilding the module just to validate shapes.
+    for name, attr in getattr(graphdef, "attributes", ()):
+        if name == "config" and isinstance(getattr(attr, "value", None), ModelConfig):
+            return attr.value
+    return None
+
+
+def _config_of(graphdef, params) -> ModelConfig:
+    """The :class:`ModelConfig` of the model a graphdef describes."""
+    try:
+        cfg = _static_config(graphdef)
+    except TypeError:  # unhashable: not a GraphDef
+        cfg = None
+    if cfg is None:  # graphdef layout changed across Flax versions: rebuild the module instead
+        cfg = getattr(nnx.merge(graphdef, params), "config", None)
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError("graphdef must come from split_model(Transformer or ValueModel)")
+    return cfg
+
+
+def make_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty ``KVCache`` for ``config`` (``dtype`` defaults to the compute dtype)."""
+    return kvc.init(config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim,
+                    dtype=config.compute_dtype if dtype is None else dtype)
+
+
+def cache_init_fn(config: ModelConfig, dtype=None) -> Callable[[int, int], KVCache]:
+    """``(batch, max_len) -> KVCache``, the ``init_cache`` the samplers take."""
+    return lambda batch, max_len: make_cache(config, batch, max_len, dtype)
+
+
+def sampler_forward_fn(graphdef) -> Callable:
+    """Adapts :func:`forward` to the samplers' ``forward_fn`` protocol.
+
+    Returns:
+      ``fn(params, tokens, positions, mask_info, cache, write_cache) ->
+      (logits [B, Q, V] f32, cache)`` with ``write_cache`` a Python bool.
+    """
+
+    def fn(params, tokens, positions, mask_info, cache, write_cache):
+        out = forward(graphdef, params, tokens, positions, mask_info, cache, write_cache=bool(write_cache))
+        return out.logits, out.cache
+
+    return fn
+
+
+# ---------------------------------------------------------------------------
+# Input validation (shapes are static, so this runs before/while tracing)
+# ---------------------------------------------------------------------------
+
+
+def _host_value(x) -> Optional[np.ndarray]:
+    """``x`` as NumPy when it is concrete and local, else None (traced or multi-host)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, jax.core.Tracer) or not getattr(x, "is_fully_addressable", False):
+        return None
+    return np.asarray(x)
+
+
+def validate_inputs(cfg: ModelConfig, tokens, positions, mask_info, cache=None, write_cache=False,
+                    dense_mask=None) -> None:
+    """Checks the forward arguments; raises ValueError naming the bad one."""
+    shape = getattr(tokens, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"tokens must be a 2-D [B, Q] int array, got shape {shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must have an integer dtype, got {tokens.dtype}")
+    B, Q = shape
+    if getattr(positions, "shape", None) != (B, Q):
+        raise ValueError(f"positions must have shape {(B, Q)} like tokens, got {getattr(positions, 'shape', None)}")
+    if not jnp.issubdtype(positions.dtype, jnp.integer):
+        raise ValueError(f"positions must have an integer dtype, got {positions.dtype}")
+    _check_info(mask_info, (B, Q), "mask_info")
+    if cache is not None:
+        if not isinstance(cache, KVCache):
+            raise ValueError(f"cache must be a KVCache, got {type(cache).__name__}")
+        want = (cfg.num_layers, B, cache.k.shape[2] if cache.k.ndim == 5 else -1, cfg.num_kv_heads, cfg.head_dim)
+        for name in ("k", "v"):
+            got = getattr(cache, name).shape
+            if got != want:
+                raise ValueError(f"cache.{name} must have shape [layers, B, T, Hkv, D] = {want} for this "
+                                 f"model and batch, got {got}")
+        _check_info(cache.info, (B, cache.k.shape[2]), "cache.info")
+    if write_cache and cache is None:
+        raise ValueError("write_cache=True needs a cache")
+    if dense_mask is not None:
+        K = Q if cache is None else cache.k.shape[2] + Q
+        ms = getattr(dense_mask, "shape", None)
+        if ms is None or len(ms) != 4 or ms[0] != B or ms[1] not in (1, cfg.num_heads) or ms[2:] != (Q, K):
+            raise ValueError(f"dense_mask must have shape [B, 1|H, Q, K] = [{B}, 1|{cfg.num_heads}, {Q}, {K}], "
+                             f"got {ms}")
+        if dense_mask.dtype != jnp.bool_:
+            raise ValueError(f"dense_mask must be bool, got {dense_mask.dtype}")
+    host = _host_value(tokens)
+    if host is not None and host.size:
+        lo, hi = int(host.min()), int(host.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise ValueError(f"tokens must lie in [0, vocab_size={cfg.vocab_size}), got range [{lo}, {hi}]")
+
+
+def _check_info(info, shape, name) -> None:
+    if not isinstance(info, tuple) or len(info) != 3:
+        raise ValueError(f"{name} must be a MaskInfo(block, noised, valid), got {type(info).__name__}")
+    info = MaskInfo(*info)
+    for field in ("block", "noised", "valid"):
+        a = getattr(info, field)
+        if getattr(a, "shape", None) != shape:
+            raise ValueError(f"{name}.{field} must have shape {shape}, got {getattr(a, 'shape', None)}")
+    if not jnp.issubdtype(info.block.dtype, jnp.integer):
+        raise ValueError(f"{name}.block must be an integer array, got {info.block.dtype}")
+    for field in ("noised", "valid"):
+        # The predicate uses ~ and &, which are wrong on 0/1 integers.
+        if getattr(info, field).dtype != jnp.bool_:
+            raise ValueError(f"{name}.{field} must be bool, got {getattr(info, field).dtype}")
