@@ -73,8 +73,9 @@ def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
 
 
 def rollout_and_reward(sample_fn: Callable, params, tokenizer, examples: Sequence, *, k: int, prompt_len: int,
-                       rng: jax.Array, verify_fn: Callable, group_filter: str = "constant",
-                       keep_range: tuple[float, float] = (0.2, 0.8)) -> RolloutBatch:
+                       rng: jax.Array, score_fn: Callable, group_filter: str = "constant",
+                       keep_range: tuple[float, float] = (0.2, 0.8),
+                       truncation_cap: Optional[int] = None) -> RolloutBatch:
     """Samples ``k`` responses per prompt and scores them (§1.9, §7.4).
 
     Args:
@@ -85,11 +86,15 @@ def rollout_and_reward(sample_fn: Callable, params, tokenizer, examples: Sequenc
       k: responses per prompt.
       prompt_len: padded prompt length ``L0`` (static bucket).
       rng: PRNG key for this RL step.
-      verify_fn: ``(text, example) -> score``.
+      score_fn: ``(texts, examples, lengths) -> scores`` for the whole batch,
+        e.g. :func:`tracerl_jax.evaluation.default_verifier` (task verifiers,
+        or math-verify for MATH-style data).
       group_filter: ``"none"``, ``"constant"`` (drop groups with identical
         scores, the code rule) or ``"range"`` (keep ``keep_range`` accuracy,
         the math rule).
       keep_range: accuracy range of the ``"range"`` filter.
+      truncation_cap: math rule of §7.4: a response of ``>= cap - 5`` tokens
+        scores 0 (``None``: off).
 
     Returns:
       :class:`RolloutBatch` with ``N = P * k`` responses.
@@ -100,8 +105,11 @@ def rollout_and_reward(sample_fn: Callable, params, tokenizer, examples: Sequenc
     prompts, valid = encode_batch(tokenizer, texts_in, side="left", length=prompt_len)
     ro = sample_fn(params, prompts, valid, rng=rng)
     texts = decode_completions(tokenizer, ro)
-    scores = np.array([verify_fn(t, ex) for t, ex in zip(texts, [e for e in examples for _ in range(k)])],
-                      np.float32).reshape(len(examples), k)
+    lengths = np.asarray(ro.lengths)
+    scores = np.asarray(score_fn(texts, [e for e in examples for _ in range(k)], lengths), np.float32)
+    if truncation_cap is not None:
+        scores = np.asarray(adv_lib.truncation_penalty(scores, lengths, truncation_cap))
+    scores = scores.reshape(len(examples), k)
     adv, keep = adv_lib.group_normalize(scores, keep_range=keep_range if group_filter == "range" else None,
                                         drop_constant=group_filter == "constant")
     return RolloutBatch(prompts, valid, ro, texts, scores, np.asarray(adv).reshape(-1),

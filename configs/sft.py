@@ -1,0 +1,122 @@
+"""Block SFT from scratch on a built-in task (examples/sft.py).
+
+Usage::
+
+    python examples/sft.py --config=configs/sft.py
+    python examples/sft.py --config=configs/sft.py --config.num_steps=500 --config.model.preset=small
+    python examples/sft.py --config=configs/sft.py:smoke       # seconds; for tests
+
+Variants after the colon: ``arithmetic`` (default), ``sudoku4``,
+``countdown``, ``smoke`` (tiny model, a handful of steps).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # init, row masks and data order all derive from it
+    c.workdir = "runs/sft_arithmetic"  # checkpoints/, metrics.jsonl, tensorboard/, export/
+    c.tokenizer = "tasks"  # shipped 160-id SentencePiece model (or a path)
+
+    # --- task ------------------------------------------------------------
+    c.task = ml_collections.ConfigDict()
+    c.task.name = "arithmetic"  # a built-in task: arithmetic | sudoku4 | countdown
+    c.task.knobs = ml_collections.ConfigDict(dict(digits=2, operands=2, ops="+-"))  # task difficulty knobs
+    c.task.num_train = 8000  # distinct training problems (train split)
+    c.task.seed = 0  # problem-generator seed (train and held-out test splits are disjoint)
+
+    # --- model -----------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"  # tracerl_jax.models preset; vocab/special ids come from the tokenizer
+    c.model.hidden_size = config_dict.placeholder(int)  # None keeps the preset's value (all below too)
+    c.model.intermediate_size = config_dict.placeholder(int)  # SwiGLU width
+    c.model.num_layers = config_dict.placeholder(int)  # decoder layers
+    c.model.num_heads = config_dict.placeholder(int)  # query heads
+    c.model.num_kv_heads = config_dict.placeholder(int)  # key/value heads (GQA)
+    c.model.head_dim = config_dict.placeholder(int)  # per-head width
+    c.model.max_position_embeddings = config_dict.placeholder(int)  # longest position
+    c.model.tie_word_embeddings = config_dict.placeholder(bool)  # share embedding and LM head
+    c.model.dtype = config_dict.placeholder(str)  # compute dtype: float32 | bfloat16
+    c.model.remat = config_dict.placeholder(bool)  # rematerialise layers in the backward pass
+
+    # --- lengths -----------------------------------------------------------
+    c.block_size = 4  # b: training mask blocks and sampler blocks (TraDo default)
+    c.gen_length = 32  # sampler response canvas (a multiple of block_size)
+    c.max_response_len = 0  # cut SFT responses to this many tokens (0: keep all)
+
+    # --- SFT rows (ALGORITHMS.md §10.1) -------------------------------------
+    c.sft = ml_collections.ConfigDict()
+    c.sft.method = "semi-ar"  # semi-ar: random in-block masks | trace: left-to-right rounds
+    c.sft.ratio = "block"  # semi-ar masking ratio: block [RECOMMENDED] | token [REF] | row
+    c.sft.lower_p = 0.1  # semi-ar masking threshold range
+    c.sft.upper_p = 0.9
+    c.sft.shrink = 1  # trace: merge this many steps of a block per row
+    c.sft.post_num = 0  # PAD tokens trained per response (0: only EOS marks the end); -1: all
+    c.sft.normalizer = "global_L1"  # loss normaliser: global_L1 [REF] | row_tokens | batch_tokens
+
+    # --- optimisation ------------------------------------------------------
+    c.batch_size = 64  # examples per update (semi-ar: rows; trace: rows = examples * rounds)
+    c.grad_accum = 1  # micro-batches per update (batch_size divisible by it)
+    c.num_steps = 1500  # optimizer updates
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 1e-3  # peak AdamW learning rate
+    c.optimizer.schedule = "cosine"  # constant | cosine
+    c.optimizer.warmup = 100  # linear warm-up updates (cosine)
+    c.optimizer.min_lr_scale = 0.1  # final lr / peak lr (cosine)
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.98
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.max_grad_norm = 1.0  # global-norm clip
+
+    # --- held-out evaluation (block sampler) -------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 250  # evaluate every this many steps (and at the end); 0: only at the end
+    c.eval.num = 256  # held-out test problems
+    c.eval.batch_size = 128  # sampler rows per call (fixed shape)
+    c.eval.strategy = "low_confidence_static"  # remasking: low_confidence_static | low_confidence_dynamic | sequential
+    c.eval.steps_per_block = 4  # denoising steps per block
+    c.eval.threshold = 0.9  # dynamic strategy threshold
+    c.eval.temperature = 0.0  # 0 = greedy
+    c.eval.top_k = 0  # 0 = off
+    c.eval.top_p = 1.0  # 1.0 = off
+
+    # --- bookkeeping -------------------------------------------------------
+    c.log_every = 50  # training-metric cadence (JSONL + TensorBoard)
+    c.checkpoint_every = 500  # Orbax checkpoint cadence (and at the end)
+    c.max_to_keep = 2  # checkpoints kept
+    c.export_hf = False  # also write HF safetensors to <workdir>/export/hf
+    c.progress = True  # tqdm progress bars
+    c.mesh = (1, 1, 1)  # (data, fsdp, tensor) device mesh; (1, 1, 1) = no mesh
+
+    if variant == "arithmetic":
+        pass
+    elif variant == "sudoku4":
+        c.workdir = "runs/sft_sudoku4"
+        c.task.name = "sudoku4"
+        c.task.knobs = ml_collections.ConfigDict()
+        c.gen_length = 48
+    elif variant == "countdown":
+        c.workdir = "runs/sft_countdown"
+        c.task.name = "countdown"
+        c.task.knobs = ml_collections.ConfigDict()
+        c.gen_length = 48
+    elif variant == "smoke":
+        c.workdir = "/tmp/tracerl_jax_sft_smoke"
+        c.task.num_train = 64
+        c.num_steps = 4
+        c.batch_size = 8
+        c.grad_accum = 2
+        c.gen_length = 24
+        c.eval.every = 0
+        c.eval.num = 8
+        c.eval.batch_size = 8
+        c.log_every = 2
+        c.checkpoint_every = 2
+        c.optimizer.warmup = 1
+        c.progress = False
+    else:
+        raise ValueError(f"unknown variant {variant!r}; expected arithmetic, sudoku4, countdown or smoke")
+    return c

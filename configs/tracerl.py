@@ -1,0 +1,86 @@
+"""Default TraceRL recipe: a small block-diffusion model on built-in arithmetic, on a CPU.
+
+Run:  python examples/tracerl.py                       (this config)
+      python examples/tracerl.py --config.rl.total_steps=5 --config.workdir=/tmp/run
+Variants: configs/tracerl_value.py (value model), configs/random_masking.py,
+configs/coupled.py (baselines), configs/trado_4b.py / trado_8b.py (accelerators).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                      # PRNG seed: rollouts, baseline masks, data order
+    c.workdir = "runs/tracerl"      # checkpoints, metrics.jsonl, TensorBoard events, curves.png
+
+    # ---- task and data -------------------------------------------------------------------
+    c.task = ml_collections.ConfigDict()
+    c.task.name = "arithmetic"      # built-in task (arithmetic | sudoku4 | countdown), math500, gsm8k, jsonl:<path>
+    c.task.knobs = ml_collections.ConfigDict(dict(digits=2, operands=2, ops="+-"))  # difficulty
+    c.task.num_train = 4000         # training prompts generated (train split)
+    c.task.num_eval = 256           # held-out prompts (test split) for evaluation
+    c.tokenizer = "tasks"           # shipped SentencePiece tokenizer, or a path
+    c.prompt_len = 16               # padded prompt length L0 (prompts must fit; multiple of block_size)
+
+    # ---- model -----------------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.init = "shipped:arith_sft"  # "shipped:<name>", an HF directory, an Orbax SFT dir, or "random:<preset>"
+    c.model.remat = False           # rematerialise each layer in the backward pass
+
+    # ---- rollout (ALGORITHMS.md §1, §11.2 rollout.*) ----------------------------------------
+    c.rollout = ml_collections.ConfigDict()
+    c.rollout.num_prompts = 16      # prompts per RL step (num_task_per_step)
+    c.rollout.k = 8                 # responses per prompt (num_response_per_task)
+    c.rollout.block_size = 4        # b at generation AND training (may differ from the SFT block size)
+    c.rollout.steps_per_block = 4   # denoising steps per block
+    c.rollout.gen_length = 32       # response canvas (max new tokens)
+    c.rollout.strategy = "low_confidence_dynamic"  # sequential | low_confidence_static | low_confidence_dynamic
+    c.rollout.threshold = 0.9       # dynamic threshold (strict >)
+    c.rollout.temperature = 1.0     # sampling temperature
+    c.rollout.top_k = 0             # 0 = off
+    c.rollout.top_p = 1.0           # 1.0 = off
+    c.rollout.group_filter = "constant"  # none | constant (drop all-equal groups) | range (keep 0.2..0.8 acc)
+    c.rollout.truncation_cap = ml_collections.config_dict.placeholder(int)  # math: len >= cap-5 scores 0 (§7.4)
+
+    # ---- training (§4, §6, §8, §9) ----------------------------------------------------------
+    c.rl = ml_collections.ConfigDict()
+    c.rl.method = "TraceRL"         # TraceRL | random_masking | coupled
+    c.rl.total_steps = 60           # RL steps
+    c.rl.shrink = 1                 # merge this many decoding steps per training round (§4.2)
+    c.rl.post_num = 0               # PAD tokens trained per sequence (None disables the rule)
+    c.rl.batch_rows = 64            # rows per optimizer update (GA * micro_batch)
+    c.rl.grad_accum = 2             # micro-batches per update (lax.scan inside the step)
+    c.rl.eps = 0.2                  # PPO clip
+    c.rl.beta = 0.01                # KL coefficient (against the pre-update policy unless a reference is set)
+    c.rl.kl_estimator = "k3"        # k1 | k2 | k3
+    c.rl.normalizer = "global_L1"   # global_L1 [REF] | row_tokens | batch_tokens
+    c.rl.lower_p = 0.1              # baselines: masking-ratio range
+    c.rl.upper_p = 0.9
+    c.rl.mask_ratio = "block"       # baselines: block | row | token [REF]
+    c.rl.learning_rate = 2e-5       # policy LR (the reference uses 1e-6 for 4B/8B models)
+    c.rl.schedule = "constant"      # constant | cosine | cosine_per_rl_step [REF saw-tooth]
+    c.rl.max_grad_norm = 1.0
+
+    # ---- value model (§8); enabled by value.enabled -------------------------------------------
+    c.value = ml_collections.ConfigDict()
+    c.value.enabled = False         # TraceRL + value model (step-level GAE)
+    c.value.learning_rate = 1e-4    # value LR
+    c.value.clip = 0.2              # value clip (separate from eps, Q-V2)
+    c.value.gamma = 1.0             # GAE gamma
+    c.value.lam = 1.0               # GAE lambda
+    c.value.train_every = 1         # value update cadence in RL steps
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 10               # RL steps between evaluations (also before the first step and at the end)
+    c.eval.batch_size = 128         # prompts per sampler call
+    c.eval.strategy = "low_confidence_static"  # deterministic held-out metric
+    c.eval.temperature = 0.0        # greedy decoding for evaluation
+    c.eval.threshold = 0.9
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 10         # RL steps between Orbax checkpoints (and at the end)
+    c.checkpoint.keep = 2           # checkpoints kept
+    return c
