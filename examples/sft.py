@@ -1,0 +1,217 @@
+r"""Block SFT of a small block-diffusion model from scratch (ALGORITHMS.md §10.1).
+
+    python examples/sft.py --config=configs/sft.py --config.num_steps=1500
+
+The loop: a batch of (prompt, worked solution) pairs -> SFT rows in the
+extended layout (random in-block masks for ``semi-ar``, left-to-right rounds
+for ``trace``) -> one AdamW update on the masked NLL. Every ``eval.every``
+steps the block sampler answers held-out problems and the task verifier
+scores them. Orbax checkpoints make the run resumable (rerun the same
+command); at the end the parameters are exported to ``<workdir>/export``
+(``load_model`` / ``examples/tracerl.py`` read it), optionally also as
+Hugging Face safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import _common  # noqa: E402
+from tracerl_jax import evaluation  # noqa: E402
+from tracerl_jax.baselines import semi_ar_sft_rows  # noqa: E402
+from tracerl_jax.data import ExampleIterator, SFTPairs, encode_sft_pairs  # noqa: E402
+from tracerl_jax.models import init_model, save_hf_checkpoint, split_model  # noqa: E402
+from tracerl_jax.tasks import get_task  # noqa: E402
+from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
+from tracerl_jax.train import checkpoint as ckpt_lib  # noqa: E402
+from tracerl_jax.train.metrics import MetricsWriter, plot_curves  # noqa: E402
+from tracerl_jax.train.optimizer import OptimizerConfig, learning_rate, make_optimizer  # noqa: E402
+from tracerl_jax.train.sharding import make_mesh  # noqa: E402
+from tracerl_jax.train.step import TrainState, init_train_state, state_shardings, to_microbatches  # noqa: E402
+from tracerl_jax.train.steps import batch_scalars, make_sft_step  # noqa: E402
+from tracerl_jax.trajectory import build_rows  # noqa: E402
+
+METHODS = ("semi-ar", "trace")
+
+
+def sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, tok):
+    """Training rows of one batch of pairs (§10.1), in the extended layout."""
+    post_num = None if cfg.sft.post_num < 0 else int(cfg.sft.post_num)
+    if cfg.sft.method == "semi-ar":
+        return semi_ar_sft_rows(key, pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids,
+                                block_size=cfg.block_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
+                                lower_p=cfg.sft.lower_p, upper_p=cfg.sft.upper_p, ratio=cfg.sft.ratio,
+                                post_num=post_num)
+    # trace without a recorded trajectory: the left-to-right step map, one row per round.
+    N, L1 = pairs.response_ids.shape
+    return build_rows(pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids, np.zeros((N, L1), np.int32),
+                      pairs.response_lengths, block_size=cfg.block_size, mask_id=tok.mask_id,
+                      pad_id=tok.pad_id, shrink=cfg.sft.shrink, post_num=post_num,
+                      has_step_map=np.zeros((N,), bool))
+
+
+def _validate(cfg: ml_collections.ConfigDict) -> None:
+    if cfg.sft.method not in METHODS:
+        raise ValueError(f"sft.method must be one of {METHODS}, got {cfg.sft.method!r}")
+    if cfg.batch_size % cfg.grad_accum:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
+    if cfg.gen_length % cfg.block_size:
+        raise ValueError(f"gen_length={cfg.gen_length} must be a multiple of block_size={cfg.block_size}")
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
+    """Runs (or resumes) SFT; returns the final evaluation summary.
+
+    Args:
+      cfg: a ``configs/sft.py`` config.
+      workdir: overrides ``cfg.workdir``.
+
+    Returns:
+      ``{"step", "eval/accuracy", ...}`` of the final evaluation, and
+      ``export_dir``.
+    """
+    _validate(cfg)
+    workdir = Path(workdir or cfg.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    say = tqdm.write if cfg.progress else print
+
+    # Data: train pairs tokenised once with one (L0, L1) for the run, so the
+    # update compiles once; held-out problems from the disjoint test split.
+    tok = load_tokenizer(cfg.tokenizer)
+    task = get_task(cfg.task.name, **_common.task_knobs(cfg.task))
+    train = task.generate("train", cfg.task.num_train, seed=cfg.task.seed)
+    held_out = task.generate("test", cfg.eval.num, seed=cfg.task.seed)
+    pairs = encode_sft_pairs(tok, [evaluation.prompt_text(tok, e) for e in train], [e.solution for e in train],
+                             block_size=cfg.block_size, max_response_len=cfg.max_response_len or None)
+    L0, L1 = pairs.prompt_ids.shape[1], pairs.response_ids.shape[1]
+    it = ExampleIterator(len(pairs.kept), cfg.batch_size, seed=cfg.seed,
+                         process_index=jax.process_index(), process_count=jax.process_count())
+
+    # Model, optimizer, optional mesh.
+    model_cfg = _common.model_config(cfg.model, tok)
+    graphdef, params = split_model(init_model(model_cfg, seed=cfg.seed))
+    opt_cfg = OptimizerConfig(
+        learning_rate=cfg.optimizer.learning_rate, schedule=cfg.optimizer.schedule, warmup=cfg.optimizer.warmup,
+        min_lr_scale=cfg.optimizer.min_lr_scale, total_updates=cfg.num_steps, b1=cfg.optimizer.b1,
+        b2=cfg.optimizer.b2, eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay,
+        max_grad_norm=cfg.optimizer.max_grad_norm)
+    optimizer = make_optimizer(opt_cfg)
+    state = init_train_state(params, optimizer)
+    mesh = make_mesh(*cfg.mesh) if int(np.prod(cfg.mesh)) > 1 else None
+    step_kw = {}
+    if mesh is not None:
+        shardings = state_shardings(state, optimizer, mesh)
+        state = jax.device_put(state, shardings)
+        step_kw = dict(mesh=mesh, state_sharding=shardings)
+    train_step = make_sft_step(graphdef, optimizer, normalizer=cfg.sft.normalizer, **step_kw)
+    rng = jax.random.key(cfg.seed)
+
+    # Resume.
+    ckpt = ckpt_lib.CheckpointManager(workdir / "checkpoints", max_to_keep=cfg.max_to_keep)
+    restored = ckpt.restore(target={"train": state, "rng": rng})
+    start = 0
+    if restored is not None:
+        state, rng = restored.state["train"], restored.state["rng"]
+        it.restore(restored.meta["data"])
+        start = restored.step
+        say(f"resumed from step {start} ({workdir / 'checkpoints'})")
+    say(f"SFT {cfg.sft.method} on {cfg.task.name} {_common.task_knobs(cfg.task)}: {len(pairs.kept)} pairs, "
+        f"L0={L0} L1={L1}, model {cfg.model.preset} ({_common.num_params(state.params) / 1e6:.2f}M params), "
+        f"{cfg.num_steps} steps of {cfg.batch_size}")
+
+    scfg = _common.sampler_config(cfg.eval, tok, block_size=cfg.block_size, gen_length=cfg.gen_length)
+    sample_fn = _common.make_sampler(graphdef, model_cfg, scfg)
+    writer = MetricsWriter(workdir)
+
+    def run_eval(step, params):
+        result = evaluation.evaluate(sample_fn, params, tok, held_out, batch_size=cfg.eval.batch_size,
+                                     block_size=cfg.block_size, rng=jax.random.split(rng)[1])
+        _common.print_eval(f"step {step}", result, say)
+        writer.write(step, {f"eval/{k}": v for k, v in evaluation.summary(result).items()})
+        return result
+
+    def save(step):
+        ckpt.save(step, {"train": state, "rng": rng},
+                  meta={"data": it.state, "config": _common.config_to_dict(cfg)}, force=True)
+
+    t_start, acc, t_log = time.perf_counter(), [], time.perf_counter()
+    bar = tqdm(range(start, cfg.num_steps), initial=start, total=cfg.num_steps, desc="sft",
+               disable=not cfg.progress, dynamic_ncols=True)
+    for step in bar:
+        batch_pairs = pairs.take(next(it))
+        rows = sft_rows(jax.random.fold_in(jax.random.split(rng)[0], step), batch_pairs, cfg, tok)
+        batch = dict(rows=rows, **batch_scalars(rows.row_valid, cfg.grad_accum, L1))
+        lr = learning_rate(opt_cfg, step)
+        state, metrics = train_step(state, to_microbatches(batch, cfg.grad_accum), lr)
+        acc.append(metrics)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.num_steps:
+            host = jax.device_get(acc)
+            mean = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+            now = time.perf_counter()
+            mean["train/steps_per_second"] = len(acc) / (now - t_log)
+            writer.write(done, mean)
+            bar.set_postfix(loss=f"{mean['train/loss']:.4f}", nll=f"{mean['train/nll']:.3f}")
+            acc, t_log = [], now
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.num_steps:
+            run_eval(done, state.params)
+        if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+            save(done)
+    bar.close()
+
+    final = run_eval(cfg.num_steps, state.params)
+    if ckpt.latest_step() != cfg.num_steps:
+        save(cfg.num_steps)
+    ckpt.close()
+    wall = time.perf_counter() - t_start
+    evaluation.write_generations_jsonl(workdir / "eval_generations.jsonl", final["generations"])
+    export_dir = export(workdir / "export", state.params, model_cfg, cfg, final)
+    writer.write(cfg.num_steps, {"train/wall_seconds": wall})
+    writer.close()
+    try:
+        plot_curves(writer.jsonl_path, workdir / "curves.png", ["train/loss", "eval/accuracy"])
+    except ValueError:
+        pass
+    say(f"done in {wall:.0f}s; exported to {export_dir}")
+    return {"step": cfg.num_steps, **{f"eval/{k}": v for k, v in evaluation.summary(final).items()},
+            "export_dir": str(export_dir), "wall_seconds": wall}
+
+
+def export(path: Path, params, model_cfg, cfg: ml_collections.ConfigDict, final: dict) -> Path:
+    """Writes the final policy for ``examples/tracerl.py`` (and optionally HF safetensors)."""
+    extra = {"tokenizer": cfg.tokenizer, "task": {"name": cfg.task.name, "knobs": _common.task_knobs(cfg.task)},
+             "block_size": cfg.block_size, "gen_length": cfg.gen_length,
+             "eval": evaluation.summary(final), "sft_config": _common.config_to_dict(cfg)}
+    out = ckpt_lib.export_model(path, params, model_cfg, extra=extra)
+    if cfg.export_hf and jax.process_index() == 0:
+        save_hf_checkpoint(params, model_cfg, out / "hf")
+    return out
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(_common.CONFIG_DIR / "sft.py"), "SFT config file (configs/sft.py[:variant]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Overrides config.workdir.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,361 @@
+"""Orbax checkpoints of training state, and exported models.
+
+:class:`CheckpointManager` saves, at a step, a dict of named pytrees (train
+states of the policy and value model, PRNG keys, ...) and a dict of named
+JSON documents (data-iterator position, config). Orbax writes each step to a
+temporary directory and renames it when complete, so a crash never leaves a
+half-written step behind; ``max_to_keep`` prunes old steps; saving is
+asynchronous by default (the arrays are copied, then written in the
+background; :meth:`CheckpointManager.wait` / :meth:`close` block until done).
+In a multi-host run every process calls ``save``/``restore`` with its
+shards; Orbax coordinates the writes.
+
+Restoring takes a *target*: a pytree of arrays or ``jax.ShapeDtypeStruct``
+with the shardings the arrays should have now (:func:`abstract_like`). The
+checkpoint may have been written under another mesh; Orbax reads whichever
+slices each device needs. Typed PRNG keys are stored as their key data and
+re-wrapped on restore.
+
+:func:`export_model` / :func:`load_model` write and read a standalone model
+(parameters + ``model_config.json``) -- the hand-off from SFT to RL.
+
+Example::
+
+    ckpt = CheckpointManager(workdir / "checkpoints", max_to_keep=3)
+    ckpt.save(step, {"policy": state, "rng": rng}, meta={"data": it.state, "config": cfg_dict})
+    restored = ckpt.restore(target={"policy": abstract_like(state, shardings), "rng": rng})
+    if restored is not None:
+        state, rng = restored.state["policy"], restored.state["rng"]
+        it.restore(restored.meta["data"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json as jsonlib
+import os
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from tracerl_jax.models import ModelConfig, Transformer, ValueModel, split_model
+
+# Every pytree item is stored under this key, so a bare array (a PRNG key's
+# data, a step counter) is a valid Orbax "standard" item too.
+_WRAP = "item"
+# A reserved JSON item listing the step's items and their kinds.
+_MANIFEST = "manifest"
+
+
+class Restored(NamedTuple):
+    """What :meth:`CheckpointManager.restore` returns.
+
+    Attributes:
+      step: the restored step.
+      state: name -> pytree, shaped and sharded like the target.
+      meta: name -> JSON value, for every name asked for.
+    """
+
+    step: int
+    state: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def _is_key(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def abstract_like(tree, shardings=None):
+    """``jax.ShapeDtypeStruct`` leaves describing ``tree`` (arrays or structs).
+
+    Args:
+      tree: a pytree of arrays / ``ShapeDtypeStruct``.
+      shardings: optional pytree of ``jax.sharding.Sharding`` (same structure,
+        e.g. :func:`tracerl_jax.train.step.state_shardings`) or one sharding
+        for every leaf. Default: each leaf's current sharding, if any.
+
+    Returns:
+      A pytree of ``ShapeDtypeStruct`` usable as a restore target.
+    """
+    if shardings is None or isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+            np.shape(x), x.dtype, sharding=shardings if shardings is not None else getattr(x, "sharding", None)),
+            tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
+
+
+def _encode(tree):
+    """Typed PRNG keys -> their uint32 key data (Orbax stores plain arrays)."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _key_data_struct(x):
+    """Target struct of a key leaf's data (same sharding on the leading dims)."""
+    data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(np.shape(x), x.dtype))
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = tuple(sharding.spec) + (None,) * (data.ndim - len(sharding.spec))
+        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    elif sharding is not None and not isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        sharding = None
+    return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
+
+
+def _restore_target(tree):
+    """A restore target for ``tree``: structs everywhere, key leaves as key data."""
+    def leaf(x):
+        if _is_key(x):
+            return _key_data_struct(x)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+
+    return jax.tree.map(leaf, tree)
+
+
+def _decode(restored, target):
+    def leaf(r, t):
+        if not _is_key(t):
+            return r
+        impl = jax.random.key_impl(t) if isinstance(t, jax.Array) else getattr(t.dtype, "_impl", None)
+        return jax.random.wrap_key_data(r, impl=impl)
+
+    return jax.tree.map(leaf, restored, target)
+
+
+class CheckpointManager:
+    """Orbax ``CheckpointManager`` over named pytrees and named JSON documents.
+
+    Args:
+      directory: where steps are written (``<directory>/<step>/...``).
+      max_to_keep: keep the newest this many steps (None keeps all).
+      save_interval_steps: ``save`` without ``force`` skips steps that are
+        not a multiple of this.
+      async_save: write in a background thread after copying the arrays.
+      create: create ``directory`` if missing.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: Optional[int] = 3,
+                 save_interval_steps: int = 1, async_save: bool = True, create: bool = True):
+        self.directory = Path(directory).absolute()
+        if not create and not self.directory.is_dir():
+            raise ValueError(f"checkpoint directory {self.directory} does not exist")
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                               save_interval_steps=save_interval_steps, create=create,
+                                               enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    # ------------------------------------------------------------- queries
+
+    def latest_step(self) -> Optional[int]:
+        """The newest complete step, or None when there is none."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """All complete steps, ascending."""
+        return sorted(self._manager.all_steps())
+
+    # ---------------------------------------------------------------- save
+
+    def save(self, step: int, state: Mapping[str, Any], *, meta: Optional[Mapping[str, Any]] = None,
+             force: bool = False) -> bool:
+        """Saves ``state`` (pytrees) and ``meta`` (JSON values) as ``step``.
+
+        Args:
+          step: the step number (an int; existing steps are not overwritten).
+          state: name -> pytree of arrays (``TrainState``, params, PRNG keys,
+            scalars). Typed PRNG keys are stored as key data.
+          meta: name -> JSON-serialisable value (data-iterator state, config).
+          force: save even if ``step`` is off the ``save_interval_steps`` grid.
+
+        Returns:
+          Whether a save was started.
+
+        Raises:
+          ValueError: a name used twice or reserved (``"manifest"``), or a
+            value that is not JSON-serialisable.
+        """
+        meta = dict(meta or {})
+        clash = (set(state) & set(meta)) | ({_MANIFEST} & (set(state) | set(meta)))
+        if clash:
+            raise ValueError(f"item names {sorted(clash)} are used twice or reserved")
+        items = {name: ocp.args.StandardSave({_WRAP: _encode(tree)}) for name, tree in state.items()}
+        for name, value in meta.items():
+            try:
+                jsonlib.dumps(value)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"meta item {name!r} is not JSON-serialisable: {e}") from e
+            items[name] = ocp.args.JsonSave(value)
+        manifest = {**{n: "state" for n in state}, **{n: "meta" for n in meta}}
+        items[_MANIFEST] = ocp.args.JsonSave(manifest)
+        return bool(self._manager.save(int(step), args=ocp.args.Composite(**items), force=force))
+
+    # ------------------------------------------------------------- restore
+
+    def restore(self, step: Optional[int] = None, *, target: Optional[Mapping[str, Any]] = None,
+                meta: Optional[tuple[str, ...] | list[str]] = None) -> Optional[Restored]:
+        """Restores named pytrees (into ``target``'s shapes/shardings) and JSON items.
+
+        Args:
+          step: the step to restore; None = the latest.
+          target: name -> pytree of arrays or ``ShapeDtypeStruct`` (see
+            :func:`abstract_like`); only these names are read, each with the
+            target's dtype and sharding (possibly another mesh than at save).
+          meta: JSON item names to read; None = every JSON item of the step.
+
+        Returns:
+          :class:`Restored`, or None when ``step`` is None and the directory
+          holds no checkpoint yet (a fresh run).
+
+        Raises:
+          FileNotFoundError: ``step`` was given but is not in the directory
+            (the message lists the steps there).
+          ValueError: a name not in the checkpoint, or a shape mismatch.
+        """
+        self.wait()
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                return None
+            step = steps[-1]
+        elif int(step) not in steps:
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                                    f"available steps: {steps or 'none'}")
+        step = int(step)
+        saved = self.item_names(step)
+        target = dict(target or {})
+        names = list(meta) if meta is not None else [n for n, kind in saved.items() if kind == "meta"]
+        wrong = [n for n in target if saved.get(n) != "state"] + [n for n in names if saved.get(n) != "meta"]
+        if wrong:
+            raise ValueError(f"checkpoint step {step} in {self.directory} has no such items {wrong}; "
+                             f"it has {saved}")
+        args = {n: ocp.args.StandardRestore({_WRAP: _restore_target(t)}) for n, t in target.items()}
+        args.update({n: ocp.args.JsonRestore() for n in names})
+        out = self._manager.restore(step, args=ocp.args.Composite(**args))
+        state = {n: _decode(out[n][_WRAP], target[n]) for n in target}
+        return Restored(step, state, {n: out[n] for n in names})
+
+    def item_names(self, step: int) -> dict[str, str]:
+        """Item name -> ``"state"`` or ``"meta"`` of a saved step."""
+        out = self._manager.restore(int(step), args=ocp.args.Composite(
+            **{_MANIFEST: ocp.args.JsonRestore()}))
+        return dict(out[_MANIFEST])
+
+    # ----------------------------------------------------------- lifecycle
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases Orbax's resources."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------
+# Exported models (SFT -> RL hand-off)
+# ---------------------------------------------------------------------------
+
+MODEL_CONFIG_NAME = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def model_config_to_dict(config: ModelConfig) -> dict:
+    """A JSON-serialisable dict of every :class:`ModelConfig` field."""
+    return dataclasses.asdict(config)
+
+
+def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+    """The inverse of :func:`model_config_to_dict` (unknown keys are an error)."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"model config has unknown fields {sorted(unknown)}")
+    return ModelConfig(**d)
+
+
+def export_model(path: str | os.PathLike, params, config: ModelConfig, *, value_model: bool = False,
+                 extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Writes a standalone model: ``params/`` (Orbax) and ``model_config.json``.
+
+    Args:
+      path: output directory (created; an existing ``params/`` is replaced).
+      params: the parameter pytree (``split_model(model)[1]``), any sharding.
+      config: its :class:`ModelConfig`.
+      value_model: the params belong to a :class:`~tracerl_jax.models.ValueModel`.
+      extra: optional JSON written beside (``extra.json``: tokenizer name,
+        task, training config, ...).
+
+    Returns:
+      The directory.
+    """
+    path = Path(path).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path / PARAMS_DIR, params, force=True)
+        ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        meta = {"model_config": model_config_to_dict(config), "value_model": bool(value_model)}
+        (path / MODEL_CONFIG_NAME).write_text(jsonlib.dumps(meta, indent=2, sort_keys=True))
+        if extra is not None:
+            (path / "extra.json").write_text(jsonlib.dumps(dict(extra), indent=2, sort_keys=True))
+    return path
+
+
+def read_model_config(path: str | os.PathLike) -> tuple[ModelConfig, bool]:
+    """``(ModelConfig, value_model)`` of an exported model directory."""
+    f = Path(path) / MODEL_CONFIG_NAME
+    if not f.is_file():
+        raise FileNotFoundError(f"{path} is not an exported model: {MODEL_CONFIG_NAME} is missing")
+    meta = jsonlib.loads(f.read_text())
+    return model_config_from_dict(meta["model_config"]), bool(meta.get("value_model", False))
+
+
+def load_model(path: str | os.PathLike, *, shardings=None, **config_overrides):
+    """Reads a model written by :func:`export_model`.
+
+    Args:
+      path: the export directory.
+      shardings: optional sharding (one, or a pytree matching the params) to
+        place the parameters with; default: the default device.
+      **config_overrides: :class:`ModelConfig` fields to change (e.g.
+        ``remat=True``, ``dtype="bfloat16"``); shapes must stay the same.
+
+    Returns:
+      ``(config, graphdef, params)``.
+
+    Raises:
+      FileNotFoundError: not an export directory.
+    """
+    path = Path(path).absolute()
+    config, value_model = read_model_config(path)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    cls = ValueModel if value_model else Transformer
+    from flax import nnx
+
+    graphdef, abstract = split_model(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))))
+    if shardings is None:
+        shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = abstract_like(abstract, shardings)
+    if not (path / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(f"{path}: missing {PARAMS_DIR}/")
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(path / PARAMS_DIR, target)
+    return config, graphdef, params
+
+
+def read_extra(path: str | os.PathLike) -> dict:
+    """The ``extra.json`` of an exported model ({} when absent)."""
+    f = Path(path) / "extra.json"
+    return jsonlib.loads(f.read_text()) if f.is_file() else {}
