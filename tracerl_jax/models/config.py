@@ -1,10 +1,31 @@
-"""Model configuration for the block-diffusion decoder family (SDAR / TraDo).
+"""Model configuration for every supported decoder family.
 
 One frozen dataclass describes every shape and numeric choice of a model, so
-it can be a static argument of ``jax.jit`` and part of an NNX graphdef.
+it can be a static argument of ``jax.jit`` and part of an NNX graphdef. The
+three checkpoint families of ALGORITHMS.md §12 are one architecture (pre-norm
+RMSNorm decoder, half-rotation RoPE, GQA, SwiGLU, external attention mask)
+that differs only in a few flags:
+
+============  ===============  =======  ========  ============  ==========================
+family        model_type       qk_norm  qkv_bias  logits_shift  checkpoint names
+============  ===============  =======  ========  ============  ==========================
+``sdar``      sdar, qwen3      True     False     False         Qwen (``model.layers.*``)
+``llada``     llada, mmada     False    False*    False         OLMo (``model.transformer.*``)
+``dream``     dream, qwen2     False    True      True          Qwen (``model.layers.*``)
+============  ===============  =======  ========  ============  ==========================
+
+(*) ``include_qkv_bias`` in a LLaDA config turns it on. The flags default
+to the family's values (``None`` means "the family default") and may be
+overridden for experiments; a checkpoint can only be written for layouts its
+config format can express (:meth:`ModelConfig.to_hf_config` says which flag
+is in the way). ``mmada`` is MMaDA's text backbone (``MMadaModelLM`` is a
+``LLaDAModelLM``); ``qwen2`` is a plain Qwen2 checkpoint read in the Dream
+layout (an AR model's logits predict the next token, which is the Dream shift).
+
 Numeric fields are never silently defaulted when read from a checkpoint
-(ALGORITHMS.md §12, quirk Q-M1): ``from_hf_config`` reads each one
-explicitly from ``config.json`` and names the missing field otherwise.
+(ALGORITHMS.md §12, quirk Q-M1): ``from_hf_config`` (in
+:mod:`tracerl_jax.models.hf_config`) reads each one explicitly from
+``config.json`` and names the missing field otherwise.
 """
 
 from __future__ import annotations
@@ -15,8 +36,17 @@ from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 
-SUPPORTED_MODEL_TYPES = ("sdar", "qwen3")
-_ARCHITECTURES = {"sdar": "SDARForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+SUPPORTED_MODEL_TYPES = ("sdar", "qwen3", "llada", "mmada", "dream", "qwen2")
+MODEL_FAMILIES = {"sdar": "sdar", "qwen3": "sdar", "llada": "llada", "mmada": "llada", "dream": "dream",
+                  "qwen2": "dream"}
+# The layout each family's checkpoints have (and the only one its config format can express,
+# except LLaDA's qkv_bias).
+FAMILY_LAYOUT = {
+    "sdar": dict(qk_norm=True, qkv_bias=False, logits_shift=False),
+    "llada": dict(qk_norm=False, qkv_bias=False, logits_shift=False),
+    "dream": dict(qk_norm=False, qkv_bias=True, logits_shift=True),
+}
+_LAYOUT_FLAGS = ("qk_norm", "qkv_bias", "logits_shift")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -37,32 +67,47 @@ def canonical_dtype(value: Any, field: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shapes and numerics of a Qwen3-style (SDAR/TraDo) decoder.
+    """Shapes and numerics of a decoder of any supported family (see the module docstring).
 
     Attributes:
-      vocab_size: rows of the embedding and columns of the logits.
+      vocab_size: rows of the embedding matrix **and** columns of the logits
+        ``V``. For LLaDA this is ``embedding_size`` (which may exceed the
+        tokenizer's ``vocab_size``: the logits then have ``embedding_size``
+        columns, as in the reference, and the extra rows are never produced
+        by the tokenizer). Token ids are validated against it.
       hidden_size: model width ``d``.
       intermediate_size: SwiGLU hidden width.
       num_layers: decoder layers.
       num_heads: query heads ``H``.
       num_kv_heads: key/value heads ``Hkv`` (``H % Hkv == 0``, GQA).
-      head_dim: per-head width ``D`` (Qwen3 sets it explicitly; it need not
-        equal ``hidden_size / num_heads``).
+      head_dim: per-head width ``D`` (Qwen3 sets it explicitly; LLaDA and
+        Dream use ``hidden_size / num_heads``).
       rope_theta: RoPE base. Required: the reference's fallbacks disagree (Q-M1).
-      max_position_embeddings: largest position the checkpoint was trained for.
+      max_position_embeddings: largest position the checkpoint was trained for
+        (LLaDA: ``max_sequence_length``).
       rms_norm_eps: epsilon of every RMSNorm (layer norms and QK-norm).
-      tie_word_embeddings: logits use the embedding matrix (no ``lm_head``).
+      tokenizer_vocab_size: the tokenizer's id count when it is smaller than
+        ``vocab_size`` (LLaDA's ``vocab_size`` < ``embedding_size``); ``None``
+        when they agree. Recorded so a LLaDA config round-trips and so callers
+        can restrict sampling to real ids; the model itself ignores it.
+      tie_word_embeddings: logits use the embedding matrix (no ``lm_head``;
+        LLaDA's ``weight_tying``).
       qk_norm: per-head RMSNorm over ``head_dim`` on q and k (Qwen3/SDAR).
-      qkv_bias: biases on q/k/v projections (Dream/Qwen2).
-      logits_shift: logits at ``i`` predict token ``i+1`` (Dream). Carried for
-        callers; the forward pass itself never shifts.
+        ``None`` = the family default.
+      qkv_bias: biases on q/k/v projections (Dream/Qwen2; LLaDA's
+        ``include_qkv_bias``). ``None`` = the family default.
+      logits_shift: logits at ``i`` predict token ``i+1`` (Dream). Recorded
+        for samplers and trainers, which apply the shift (ALGORITHMS.md §2.4,
+        §5); :func:`~tracerl_jax.models.forward` always returns **unshifted**
+        logits. ``None`` = the family default.
       param_dtype: storage dtype of parameters.
       dtype: compute dtype of activations and matmuls (norms, softmax and
         logits are float32 regardless).
       remat: rematerialise each layer in the backward pass.
       mask_token_id, pad_token_id, eos_token_id: special ids (``None`` if
         unknown; read them from the tokenizer where the checkpoint lacks them).
-      model_type: ``"sdar"`` or ``"qwen3"`` (written back to ``config.json``).
+      model_type: one of ``SUPPORTED_MODEL_TYPES`` (written back to
+        ``config.json``; selects the checkpoint key names).
     """
 
     vocab_size: int
@@ -76,9 +121,9 @@ class ModelConfig:
     max_position_embeddings: int
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
-    qk_norm: bool = True
-    qkv_bias: bool = False
-    logits_shift: bool = False
+    qk_norm: Optional[bool] = None
+    qkv_bias: Optional[bool] = None
+    logits_shift: Optional[bool] = None
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
@@ -86,8 +131,14 @@ class ModelConfig:
     pad_token_id: Optional[int] = None
     eos_token_id: Optional[int] = None
     model_type: str = "sdar"
+    tokenizer_vocab_size: Optional[int] = None
 
     def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {SUPPORTED_MODEL_TYPES}, got {self.model_type!r}")
+        for name, default in FAMILY_LAYOUT[self.family].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "head_dim", "max_position_embeddings"):
             v = getattr(self, name)
@@ -102,19 +153,25 @@ class ModelConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
             object.__setattr__(self, name, float(v))
-        for name in ("tie_word_embeddings", "qk_norm", "qkv_bias", "logits_shift", "remat"):
+        for name in ("tie_word_embeddings", "remat") + _LAYOUT_FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "param_dtype", canonical_dtype(self.param_dtype, "param_dtype"))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype, "dtype"))
+        tv = self.tokenizer_vocab_size
+        if tv is not None:
+            if isinstance(tv, bool) or not isinstance(tv, int) or not 0 < tv <= self.vocab_size:
+                raise ValueError(f"tokenizer_vocab_size must be an int in (0, vocab_size={self.vocab_size}] "
+                                 f"(the embedding rows), got {tv!r}")
+            if tv == self.vocab_size:
+                # One canonical form, so configs compare equal however they were built.
+                object.__setattr__(self, "tokenizer_vocab_size", None)
         for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
             v = getattr(self, name)
             if v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.vocab_size:
                 raise ValueError(f"{name} must be an int in [0, vocab_size={self.vocab_size}), got {v!r}")
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model_type must be one of {SUPPORTED_MODEL_TYPES}, got {self.model_type!r}")
 
     # ------------------------------------------------------------------ dtypes
 
@@ -128,20 +185,38 @@ class ModelConfig:
         """The ``jnp`` parameter dtype."""
         return _DTYPES[self.param_dtype]
 
+    @property
+    def family(self) -> str:
+        """``"sdar"``, ``"llada"`` or ``"dream"`` (see the module docstring)."""
+        return MODEL_FAMILIES[self.model_type]
+
     def replace(self, **changes) -> "ModelConfig":
-        """A copy with ``changes`` applied (validated again)."""
+        """A copy with ``changes`` applied (validated again).
+
+        Changing ``model_type`` to another family resets the layout flags
+        (``qk_norm``, ``qkv_bias``, ``logits_shift``) that ``changes`` does not
+        set to the new family's defaults, so ``get_preset("tiny",
+        model_type="dream")`` is a Dream-layout model rather than a Dream
+        model with SDAR's QK-norm.
+        """
+        new_type = changes.get("model_type", self.model_type)
+        if new_type in MODEL_FAMILIES and MODEL_FAMILIES[new_type] != self.family:
+            for name in _LAYOUT_FLAGS:
+                changes.setdefault(name, None)
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------ HF config
 
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides) -> "ModelConfig":
-        """Reads a Hugging Face ``config.json`` dict (``model_type`` ``sdar``/``qwen3``).
+        """Reads a Hugging Face ``config.json`` dict of any supported family.
 
-        Every numeric field is read explicitly; a missing one is a ValueError
-        naming it. ``rope_theta`` may be top-level (SDAR, transformers 4.x) or
-        inside ``rope_parameters`` (transformers 5.x); RoPE scaling and sliding
-        windows are rejected because the port does not implement them.
+        ``model_type`` selects the reader: ``sdar``/``qwen3`` (Qwen3 names),
+        ``llada``/``mmada`` (OLMo names: ``d_model``, ``n_heads``, ...),
+        ``Dream``/``dream``/``qwen2`` (Qwen2 names). Every numeric field is read
+        explicitly; a missing one is a ValueError naming it. Architecture
+        switches the port does not implement (RoPE scaling, sliding windows,
+        ALiBi, LayerNorm, ...) are rejected by name.
 
         Args:
           hf: the parsed ``config.json``.
@@ -151,105 +226,19 @@ class ModelConfig:
         Raises:
           ValueError: unsupported ``model_type``, a missing or invalid field.
         """
-        model_type = hf.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"config.json model_type {model_type!r} is not supported; expected one of "
-                             f"{SUPPORTED_MODEL_TYPES}")
+        from tracerl_jax.models import hf_config
 
-        def need(key):
-            if key not in hf or hf[key] is None:
-                raise ValueError(f"config.json is missing required field {key!r}")
-            return hf[key]
-
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"config.json hidden_act {hf['hidden_act']!r} is not supported (expected 'silu')")
-        if hf.get("attention_bias", False):
-            # Qwen3's attention_bias also adds an o_proj bias, which this port does not model.
-            raise ValueError("config.json attention_bias=true is not supported for sdar/qwen3")
-        if hf.get("rope_scaling") is not None:
-            raise ValueError(f"config.json rope_scaling must be null, got {hf['rope_scaling']!r}")
-        if hf.get("use_sliding_window", False):
-            raise ValueError("config.json use_sliding_window must be false")
-        rope_theta = _read_rope_theta(hf)
-
-        eos = hf.get("eos_token_id")
-        if isinstance(eos, (list, tuple)):
-            # Qwen-style configs may list several stop ids; the sampler takes one
-            # (the first); pass eos_token_id= to choose another.
-            eos = eos[0] if eos else None
-        fields = dict(
-            vocab_size=need("vocab_size"),
-            hidden_size=need("hidden_size"),
-            intermediate_size=need("intermediate_size"),
-            num_layers=need("num_hidden_layers"),
-            num_heads=need("num_attention_heads"),
-            num_kv_heads=need("num_key_value_heads"),
-            head_dim=need("head_dim"),
-            rope_theta=rope_theta,
-            max_position_embeddings=need("max_position_embeddings"),
-            rms_norm_eps=need("rms_norm_eps"),
-            tie_word_embeddings=need("tie_word_embeddings"),
-            qk_norm=True,
-            qkv_bias=False,
-            mask_token_id=hf.get("mask_token_id"),
-            pad_token_id=hf.get("pad_token_id"),
-            eos_token_id=eos,
-            model_type=model_type,
-        )
+        fields = hf_config.read_fields(hf)
         fields.update(overrides)
         return cls(**fields)
 
     def to_hf_config(self) -> dict:
         """The ``config.json`` dict that :meth:`from_hf_config` reads back.
 
-        ``rope_theta`` is written top-level (as the published SDAR/TraDo
-        checkpoints do; transformers 5.x also accepts it there).
+        Raises:
+          ValueError: the config's layout flags cannot be expressed in its
+            family's config format (e.g. ``qk_norm`` for LLaDA).
         """
-        if self.qkv_bias or not self.qk_norm:
-            raise ValueError("to_hf_config: only the sdar/qwen3 layout (qk_norm, no qkv_bias) has an HF config here")
-        out = {
-            "architectures": [_ARCHITECTURES[self.model_type]],
-            "model_type": self.model_type,
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "max_position_embeddings": self.max_position_embeddings,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "rope_scaling": None,
-            "attention_bias": False,
-            "attention_dropout": 0.0,
-            "use_sliding_window": False,
-            "sliding_window": None,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "torch_dtype": self.param_dtype,
-            "use_cache": False,
-        }
-        for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        return out
+        from tracerl_jax.models import hf_config
 
-
-def _read_rope_theta(hf: Mapping[str, Any]) -> float:
-    top = hf.get("rope_theta")
-    params = hf.get("rope_parameters")
-    nested = None
-    if params is not None:
-        if not isinstance(params, Mapping):
-            raise ValueError(f"config.json rope_parameters must be a dict, got {params!r}")
-        if params.get("rope_type", "default") != "default":
-            raise ValueError(f"config.json rope_parameters.rope_type {params.get('rope_type')!r} is not "
-                             "supported (only 'default')")
-        nested = params.get("rope_theta")
-    if top is None and nested is None:
-        raise ValueError("config.json is missing required field 'rope_theta' (checked top level and "
-                         "rope_parameters); it is never defaulted (ALGORITHMS.md Q-M1)")
-    if top is not None and nested is not None and float(top) != float(nested):
-        raise ValueError(f"config.json rope_theta ({top}) disagrees with rope_parameters.rope_theta ({nested})")
-    return float(top if top is not None else nested)
+        return hf_config.write_config(self)

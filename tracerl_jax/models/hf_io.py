@@ -1,11 +1,15 @@
-"""Hugging Face safetensors checkpoints in and out (ALGORITHMS.md §12.1).
+"""Hugging Face safetensors checkpoints in and out (ALGORITHMS.md §12).
 
 A checkpoint directory holds ``config.json`` and either ``model.safetensors``
 or shards ``model-0000i-of-0000n.safetensors`` listed by
-``model.safetensors.index.json``. Keys are the HF names; PyTorch ``Linear``
-weights are ``[out, in]`` and are transposed to and from Flax kernels
-``[in, out]``. ``lm_head.weight`` is absent when the embeddings are tied; a
-value model adds ``value_head.weight [1, hidden]``.
+``model.safetensors.index.json``. ``config.json``'s ``model_type`` picks the
+family (SDAR/Qwen3, LLaDA/MMaDA, Dream/Qwen2); its reader is
+:mod:`tracerl_jax.models.hf_config` and its tensor names are
+:mod:`tracerl_jax.models.hf_keys`. PyTorch ``Linear`` weights are
+``[out, in]`` and are transposed to and from Flax kernels ``[in, out]``. The
+LM head (``lm_head.weight`` / ``model.transformer.ff_out.weight``) is absent
+when the embeddings are tied; a value model adds ``value_head.weight
+[1, hidden]``.
 
 Loading builds the model abstractly (no allocation) and fills it one tensor
 at a time from memory-mapped files, so at most one full copy of the weights
@@ -28,6 +32,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tracerl_jax.models.config import ModelConfig, canonical_dtype
+from tracerl_jax.models.hf_keys import VALUE_HEAD_KEY, embed_key, head_key, hf_key_map
 from tracerl_jax.models.transformer import Transformer
 from tracerl_jax.models.value import ValueModel
 
@@ -38,31 +43,6 @@ _SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 # Non-persistent rotary buffers some older exports contain; they carry no weights.
 _IGNORED_KEY_RE = re.compile(r".*rotary_emb\.inv_freq$")
-
-
-def hf_key_map(config: ModelConfig, value_head: bool = False) -> dict[str, tuple[tuple, bool]]:
-    """HF key -> (path in the pure param dict, transpose?) for every tensor of the model."""
-    m: dict[str, tuple[tuple, bool]] = {"model.embed_tokens.weight": (("embed_tokens", "embedding"), False)}
-    for i in range(config.num_layers):
-        pre = f"model.layers.{i}."
-        m[pre + "input_layernorm.weight"] = (("layers", i, "input_layernorm", "scale"), False)
-        m[pre + "post_attention_layernorm.weight"] = (("layers", i, "post_attention_layernorm", "scale"), False)
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            m[pre + f"self_attn.{proj}.weight"] = (("layers", i, "self_attn", proj, "kernel"), True)
-        if config.qkv_bias:
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                m[pre + f"self_attn.{proj}.bias"] = (("layers", i, "self_attn", proj, "bias"), False)
-        if config.qk_norm:
-            for norm in ("q_norm", "k_norm"):
-                m[pre + f"self_attn.{norm}.weight"] = (("layers", i, "self_attn", norm, "scale"), False)
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            m[pre + f"mlp.{proj}.weight"] = (("layers", i, "mlp", proj, "kernel"), True)
-    m["model.norm.weight"] = (("norm", "scale"), False)
-    if not config.tie_word_embeddings:
-        m["lm_head.weight"] = (("lm_head", "kernel"), True)
-    if value_head:
-        m["value_head.weight"] = (("value_head", "kernel"), True)
-    return m
 
 
 def _get(tree, path):
@@ -156,7 +136,7 @@ def _read_tensor(f: Path, key: str) -> np.ndarray:
 def load_hf_checkpoint(path: Union[str, os.PathLike], dtype: Any = "float32", *,
                        compute_dtype: Any = None, value_model: Optional[bool] = None,
                        **config_overrides) -> tuple[ModelConfig, Transformer]:
-    """Loads an SDAR/TraDo/Qwen3 safetensors checkpoint into a Flax model.
+    """Loads a safetensors checkpoint of any supported family into a Flax model.
 
     Args:
       path: checkpoint directory (``config.json`` + safetensors).
@@ -181,18 +161,19 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], dtype: Any = "float32", *,
     config = ModelConfig.from_hf_config(hf, **{"param_dtype": param_dtype,
                                                "dtype": compute_dtype or param_dtype, **config_overrides})
     files = _tensor_files(path)
-    has_vh = "value_head.weight" in files
+    has_vh = VALUE_HEAD_KEY in files
     if value_model is None:
         value_model = has_vh
     if value_model and not has_vh:
-        raise ValueError(f"checkpoint {path}: missing tensor 'value_head.weight' (value_model=True)")
+        raise ValueError(f"checkpoint {path}: missing tensor {VALUE_HEAD_KEY!r} (value_model=True)")
     key_map = hf_key_map(config, value_model)
+    head, emb = head_key(config), embed_key(config)
 
     extra = {k for k in files if k not in key_map and not _IGNORED_KEY_RE.match(k)}
     # Some exporters keep a tied head as its own tensor; accept it if it is the embedding.
-    tied_head = config.tie_word_embeddings and "lm_head.weight" in extra
+    tied_head = config.tie_word_embeddings and head in extra
     if tied_head:
-        extra.discard("lm_head.weight")
+        extra.discard(head)
     if extra:
         raise ValueError(f"checkpoint {path}: unexpected tensors {sorted(extra)[:8]} "
                          f"({len(extra)} in all) for config {config.model_type} with {config.num_layers} layers")
@@ -228,11 +209,10 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], dtype: Any = "float32", *,
                 del arr
     if tied_head:
         # Compare the file's own tensors: the loaded embedding may be rounded to a narrower dtype.
-        head = _read_tensor(files["lm_head.weight"], "lm_head.weight")
-        emb = _read_tensor(files["model.embed_tokens.weight"], "model.embed_tokens.weight")
-        if head.shape != emb.shape or not np.array_equal(head, emb):
-            raise ValueError(f"checkpoint {path}: tensor 'lm_head.weight' differs from "
-                             "'model.embed_tokens.weight' although tie_word_embeddings is true")
+        head_arr, emb_arr = _read_tensor(files[head], head), _read_tensor(files[emb], emb)
+        if head_arr.shape != emb_arr.shape or not np.array_equal(head_arr, emb_arr):
+            raise ValueError(f"checkpoint {path}: tensor {head!r} differs from {emb!r} although the "
+                             "embeddings are tied (tie_word_embeddings / weight_tying)")
     nnx.replace_by_pure_dict(state, abstract)
     return config, nnx.merge(graphdef, state)
 
@@ -240,6 +220,14 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], dtype: Any = "float32", *,
 # ---------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------
+
+
+def _leaf_paths(tree, prefix=()):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaf_paths(v, prefix + (k,))
+    else:
+        yield prefix
 
 
 def _to_pure(model_or_params) -> dict:
@@ -275,12 +263,15 @@ def save_hf_checkpoint(model_or_params, config: ModelConfig, path: Union[str, os
       The names of the safetensors files written.
 
     Raises:
-      ValueError: a parameter missing or of the wrong shape for ``config``.
+      ValueError: a parameter missing or of the wrong shape for ``config``,
+        or a config its family's ``config.json`` cannot express.
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     pure = _to_pure(model_or_params)
     value_head = "value_head" in pure
+    # Both raise on a layout the family's format cannot express: fail before writing anything.
+    hf = config.to_hf_config()
     key_map = hf_key_map(config, value_head)
     _, state = _abstract(config, value_head)
     abstract = nnx.to_pure_dict(state)
@@ -297,6 +288,13 @@ def save_hf_checkpoint(model_or_params, config: ModelConfig, path: Union[str, os
             raise ValueError(f"save_hf_checkpoint: parameter {'/'.join(map(str, ppath))} has shape "
                              f"{tuple(leaf.shape)}, expected {want} for {key!r}")
         sizes[key] = int(np.prod(want)) * (cast or leaf.dtype).itemsize
+
+    mapped = {tuple(ppath) for ppath, _ in key_map.values()}
+    unmapped = sorted("/".join(map(str, p)) for p in _leaf_paths(pure) if p not in mapped)
+    if unmapped:
+        # e.g. q/k/v biases saved under a config without qkv_bias: they would be dropped silently.
+        raise ValueError(f"save_hf_checkpoint: parameters {unmapped[:8]} ({len(unmapped)} in all) have no "
+                         f"checkpoint name for config {config.model_type} (wrong config for these params?)")
 
     shards, cur, cur_bytes = [], [], 0
     for key, n in sizes.items():
@@ -334,7 +332,6 @@ def save_hf_checkpoint(model_or_params, config: ModelConfig, path: Union[str, os
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
         (out / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
-    hf = config.to_hf_config()
     if cast is not None:
         hf["torch_dtype"] = cast.name
     (out / CONFIG_NAME).write_text(json.dumps(hf, indent=2, sort_keys=True))
