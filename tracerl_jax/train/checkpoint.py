@@ -133,7 +133,8 @@ class CheckpointManager:
       directory: where steps are written (``<directory>/<step>/...``).
       max_to_keep: keep the newest this many steps (None keeps all).
       save_interval_steps: ``save`` without ``force`` skips steps that are
-        not a multiple of this.
+        not a multiple of this (except the first save into an empty
+        directory, which Orbax always writes).
       async_save: write in a background thread after copying the arrays.
       create: create ``directory`` if missing.
     """
@@ -213,18 +214,16 @@ class CheckpointManager:
         Raises:
           FileNotFoundError: ``step`` was given but is not in the directory
             (the message lists the steps there).
-          ValueError: a name not in the checkpoint, or a shape mismatch.
+          ValueError: a name not in the checkpoint, a shape or structure
+            mismatch with ``target``, or a corrupt/incomplete step (the
+            message names the step and directory).
         """
         self.wait()
-        steps = self.all_steps()
         if step is None:
-            if not steps:
+            step = self.latest_step()
+            if step is None:
                 return None
-            step = steps[-1]
-        elif int(step) not in steps:
-            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
-                                    f"available steps: {steps or 'none'}")
-        step = int(step)
+        step = self._check_step(step)
         saved = self.item_names(step)
         target = dict(target or {})
         names = list(meta) if meta is not None else [n for n, kind in saved.items() if kind == "meta"]
@@ -234,15 +233,41 @@ class CheckpointManager:
                              f"it has {saved}")
         args = {n: ocp.args.StandardRestore({_WRAP: _restore_target(t)}) for n, t in target.items()}
         args.update({n: ocp.args.JsonRestore() for n in names})
-        out = self._manager.restore(step, args=ocp.args.Composite(**args))
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(**args))
+        except (ValueError, KeyError, OSError) as e:
+            # Orbax/TensorStore report a damaged file or a mismatched target deep in a
+            # zarr spec; say which checkpoint, step and items were being read.
+            raise ValueError(f"cannot restore items {sorted(args)} of checkpoint step {step} in "
+                             f"{self.directory} (corrupt files, or a target whose shapes/structure "
+                             f"differ from the saved ones): {type(e).__name__}: {e}") from e
         state = {n: _decode(out[n][_WRAP], target[n]) for n in target}
         return Restored(step, state, {n: out[n] for n in names})
 
     def item_names(self, step: int) -> dict[str, str]:
-        """Item name -> ``"state"`` or ``"meta"`` of a saved step."""
-        out = self._manager.restore(int(step), args=ocp.args.Composite(
-            **{_MANIFEST: ocp.args.JsonRestore()}))
-        return dict(out[_MANIFEST])
+        """Item name -> ``"state"`` or ``"meta"`` of a saved step.
+
+        Raises:
+          FileNotFoundError: no such step.
+          ValueError: the step's manifest cannot be read (an incomplete or
+            corrupt step, e.g. a directory copied in by hand).
+        """
+        step = self._check_step(step)
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(**{_MANIFEST: ocp.args.JsonRestore()}))
+            return dict(out[_MANIFEST])
+        except (ValueError, KeyError, OSError) as e:
+            others = [s for s in self.all_steps() if s != step]
+            raise ValueError(f"checkpoint step {step} in {self.directory} is incomplete or corrupt: its "
+                             f"{_MANIFEST!r} item cannot be read ({type(e).__name__}: {e}); delete "
+                             f"{self.directory / str(step)} or restore another step ({others or 'none'})") from e
+
+    def _check_step(self, step) -> int:
+        steps = self.all_steps()
+        if int(step) not in steps:
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                                    f"available steps: {steps or 'none'}")
+        return int(step)
 
     # ----------------------------------------------------------- lifecycle
 
