@@ -171,13 +171,17 @@ def plot_curves(jsonl_path: str | os.PathLike, out_png: str | os.PathLike, keys:
       The PNG path.
 
     Raises:
-      ValueError: if ``keys`` is empty or none of them occurs in the file.
+      ValueError: if ``keys`` is empty or a bare string, or none of them
+        occurs in the file.
     """
     # The object-oriented API with the Agg canvas: no display, and no change
     # to pyplot's global backend (notebooks keep theirs).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if isinstance(keys, str):  # would otherwise be iterated letter by letter
+        raise ValueError(f"keys must be a sequence of metric names, got the string {keys!r}; "
+                         f"pass [{keys!r}]")
     if not keys:
         raise ValueError("keys is empty")
     records = read_jsonl(jsonl_path)
