@@ -66,6 +66,15 @@ def bucket_length(n: int, buckets: Optional[Sequence[int]] = None, *, multiple: 
     return max(1, -(-int(n) // multiple)) * multiple
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_block_size(block_size) -> None:
+    if not _is_int(block_size) or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+
+
 def _check_buckets(buckets, block_size: int, name: str) -> None:
     if buckets:
         bad = [b for b in buckets if int(b) % block_size]
@@ -90,9 +99,11 @@ def encode_prompts(tokenizer: Tokenizer, texts: Sequence[str], *, block_size: in
       ``(ids int32 [B, L0], valid bool [B, L0])``, ``valid`` False on padding.
 
     Raises:
-      ValueError: a bucket or ``length`` not a multiple of ``b``, a prompt
-        longer than the largest bucket or ``length``, or an empty prompt.
+      ValueError: a bad ``block_size``, a bucket or ``length`` not a
+        multiple of ``b``, a prompt longer than the largest bucket or
+        ``length``, or an empty prompt.
     """
+    _check_block_size(block_size)
     _check_buckets(buckets, block_size, "buckets")
     seqs = [tokenizer.encode(t) for t in texts]
     for i, s in enumerate(seqs):
@@ -159,9 +170,15 @@ def encode_sft_pairs(tokenizer: Tokenizer, prompts: Sequence[str], responses: Se
       :class:`SFTPairs`.
 
     Raises:
-      ValueError: mismatched list lengths, nothing left after dropping, or a
-        length that does not fit its bucket / forced length.
+      ValueError: mismatched list lengths, a bad ``block_size`` or
+        ``max_*_len``, nothing left after dropping, or a length that does
+        not fit its bucket / forced length.
     """
+    _check_block_size(block_size)
+    # A negative cut would silently drop tokens from the end (``r[:-2]``).
+    for name, v in (("max_prompt_len", max_prompt_len), ("max_response_len", max_response_len)):
+        if v is not None and (not _is_int(v) or v < 1):
+            raise ValueError(f"{name} must be None or an int >= 1, got {v!r}")
     if len(prompts) != len(responses):
         raise ValueError(f"prompts and responses must have equal length, got {len(prompts)} "
                          f"and {len(responses)}")
@@ -237,11 +254,19 @@ class ExampleIterator:
     def __post_init__(self):
         for name in ("num_examples", "batch_size", "process_count"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            if not _is_int(v) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not 0 <= self.process_index < self.process_count:
+        # numpy's seeding rejects negative seeds only when the first epoch is drawn.
+        for name in ("seed", "epoch"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if not _is_int(self.process_index) or not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index must be in [0, process_count={self.process_count}), "
-                             f"got {self.process_index}")
+                             f"got {self.process_index!r}")
+        # A negative position would slice from the end of the epoch's order.
+        if not _is_int(self.position) or not 0 <= self.position < self.num_examples:
+            raise ValueError(f"position must be in [0, num_examples={self.num_examples}), got {self.position!r}")
         if self.batch_size % self.process_count:
             raise ValueError(f"batch_size={self.batch_size} must be divisible by "
                              f"process_count={self.process_count}")
@@ -297,8 +322,11 @@ class ExampleIterator:
         Raises:
           ValueError: if the saved stream was over a different data set size,
             seed, batch size or shuffle setting (it would silently continue
-            another stream).
+            another stream), or ``state`` lacks ``epoch``/``position``.
         """
+        missing = [k for k in ("epoch", "position") if k not in state]
+        if missing:
+            raise ValueError(f"iterator state is missing {missing}; got keys {sorted(state)}")
         for key in ("num_examples", "seed", "batch_size", "shuffle"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"iterator state was saved with {key}={state[key]!r}, this iterator "
