@@ -1,4 +1,5 @@
-"""Model family (SDAR / TraDo, Qwen3 architecture), value model, presets and HF checkpoint I/O."""
+"""Model families (SDAR/TraDo, LLaDA/MMaDA, Dream/DiffuCoder: one NNX decoder with
+layout flags), value model, presets and HF checkpoint I/O."""
 
 from tracerl_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from tracerl_jax.models.hf_io import hf_key_map, load_hf_checkpoint, read_hf_config, save_hf_checkpoint
@@ -10,7 +11,9 @@ from tracerl_jax.models.transformer import (
     forward,
     init_model,
     make_cache,
+    predictions,
     sampler_forward_fn,
+    shift_logits,
     split_model,
     validate_inputs,
 )
@@ -31,9 +34,11 @@ __all__ = [
     "init_value_model",
     "load_hf_checkpoint",
     "make_cache",
+    "predictions",
     "read_hf_config",
     "sampler_forward_fn",
     "save_hf_checkpoint",
+    "shift_logits",
     "split_model",
     "validate_inputs",
     "value_forward",

@@ -1,4 +1,4 @@
-"""Named model configurations: tiny test models and the published SDAR/TraDo shapes.
+"""Named model configurations: tiny test models and the published checkpoint shapes.
 
 The published presets exist for sizing (memory plans, sharding dry runs,
 random-init benchmarks). A real checkpoint is always loaded through its own
@@ -19,6 +19,25 @@ against the checkpoint's own config.json):
   9728/12288, vocab 151936, rope_theta 1e6, eps 1e-6 (Megatron model scripts
   in ``zyzshishui/slime``; Qwen3 config dicts in test suites; Qwen3-4B tied,
   Qwen3-8B untied). Verified for Qwen3; inherited by SDAR/TraDo [UNSURE].
+* LLaDA-8B (Instruct and Base share the architecture): config.json fields
+  quoted by several public checkpoint validators (``d_model`` 4096,
+  ``n_layers`` 32, ``n_heads`` = ``n_kv_heads`` 32, ``mlp_hidden_size`` 12288,
+  ``vocab_size`` = ``embedding_size`` 126464, ``rope_theta`` 5e5,
+  ``rms_norm_eps`` 1e-5, ``max_sequence_length`` 4096, ``weight_tying``
+  false, ``include_bias`` false, ``mask_token_id`` 126336, ``eos_token_id``
+  126081) and a published LLaDA-style config.json with ``pad_token_id``
+  126081 (ALGORITHMS.md §12.2 [UNSURE] values, all confirmed).
+* Dream-v0-7B: the Qwen2.5-7B shape (``hidden_size`` 3584, 28 layers, 28/4
+  heads, head_dim 128, ``intermediate_size`` 18944, ``vocab_size`` 152064,
+  ``rope_theta`` 1e6, eps 1e-6, untied, ``max_position_embeddings`` 131072)
+  as public Dream config parsers and tests quote it; mask 151666, pad and
+  config eos 151643 (§12.3), as config.json has them. The chat EOS of the
+  rollouts is ``<|im_end|>`` 151645: read it from the tokenizer.
+* DiffuCoder-7B: Dream architecture adapted from Qwen2.5-Coder-7B, which has
+  the Qwen2.5-7B shape above; mask 151666; its tokenizer pads with
+  ``<|dlm_pad|>`` 151667 while config.json says 151643 (public checkpoint
+  registries note the difference). ``max_position_embeddings`` 32768 is
+  Qwen2.5-Coder's [UNSURE].
 """
 
 from __future__ import annotations
@@ -28,6 +47,10 @@ from tracerl_jax.models.config import ModelConfig
 QWEN_MASK_ID = 151669  # <|MASK|> (ALGORITHMS.md §0)
 QWEN_PAD_ID = 151643   # <|endoftext|>
 QWEN_VOCAB = 151936
+QWEN2_VOCAB = 152064   # Qwen2.5-7B / Dream / DiffuCoder embedding rows
+DREAM_MASK_ID = 151666
+LLADA_MASK_ID = 126336  # <|mdm_mask|>
+LLADA_EOS_ID = 126081   # <|endoftext|> (also the pad id)
 
 
 def _sdar(hidden, layers, heads, kv, inter, tie, **kw) -> ModelConfig:
@@ -37,6 +60,14 @@ def _sdar(hidden, layers, heads, kv, inter, tie, **kw) -> ModelConfig:
         max_position_embeddings=kw.pop("max_position_embeddings", 32768), rms_norm_eps=1e-6,
         tie_word_embeddings=tie, mask_token_id=QWEN_MASK_ID, pad_token_id=QWEN_PAD_ID,
         eos_token_id=kw.pop("eos_token_id", QWEN_PAD_ID), model_type="sdar", **kw)
+
+
+def _dream(max_position: int, pad: int, model_type: str = "dream") -> ModelConfig:
+    return ModelConfig(
+        vocab_size=QWEN2_VOCAB, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
+        num_kv_heads=4, head_dim=128, rope_theta=1_000_000.0, max_position_embeddings=max_position,
+        rms_norm_eps=1e-6, tie_word_embeddings=False, mask_token_id=DREAM_MASK_ID, pad_token_id=pad,
+        eos_token_id=QWEN_PAD_ID, model_type=model_type)
 
 
 def _presets() -> dict:
@@ -69,6 +100,16 @@ def _presets() -> dict:
         # chat EOS may be <|im_end|> 151645, read it from the tokenizer].
         "trado-4b": _sdar(2560, 36, 32, 8, 9728, tie=True),
         "trado-8b": _sdar(4096, 36, 32, 8, 12288, tie=False),
+        # Full-attention families (module docstring). LLaDA: OLMo-style names,
+        # bidirectional, no biases, logits at i score token i.
+        "llada-8b": ModelConfig(
+            vocab_size=126464, hidden_size=4096, intermediate_size=12288, num_layers=32, num_heads=32,
+            num_kv_heads=32, head_dim=128, rope_theta=500_000.0, max_position_embeddings=4096,
+            rms_norm_eps=1e-5, tie_word_embeddings=False, mask_token_id=LLADA_MASK_ID,
+            pad_token_id=LLADA_EOS_ID, eos_token_id=LLADA_EOS_ID, model_type="llada"),
+        # Dream: Qwen2 layout with q/k/v biases; logits at i score token i+1.
+        "dream-7b": _dream(131072, QWEN_PAD_ID),
+        "diffucoder-7b": _dream(32768, 151667),
     }
 
 
@@ -80,7 +121,10 @@ def get_preset(name: str, **overrides) -> ModelConfig:
 
     Args:
       name: one of ``PRESET_NAMES`` (``tiny``, ``small``, ``sdar-1.7b``,
-        ``sdar-4b``, ``sdar-8b``, ``trado-4b``, ``trado-8b``).
+        ``sdar-4b``, ``sdar-8b``, ``trado-4b``, ``trado-8b``, ``llada-8b``,
+        ``dream-7b``, ``diffucoder-7b``). ``tiny``/``small`` are SDAR-layout;
+        pass ``model_type="llada"`` or ``"dream"`` for a full-attention model
+        of the same size (the layout flags follow the family).
       **overrides: fields to replace (e.g. ``vocab_size`` from a tokenizer,
         ``dtype="bfloat16"``, ``remat=True``).
 

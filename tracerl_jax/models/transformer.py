@@ -1,4 +1,8 @@
-"""The SDAR/TraDo decoder (Qwen3 architecture) and its pure forward function.
+"""The decoder of every supported family and its pure forward function.
+
+One pre-norm RMSNorm/RoPE/GQA/SwiGLU decoder; :class:`ModelConfig` flags give
+SDAR/TraDo (Qwen3: QK-norm), LLaDA (LLaMA-like, no biases) and Dream (Qwen2:
+q/k/v biases, logits shifted by one, see :func:`predictions`).
 
 The model has no built-in causal mask: every forward pass takes the
 queries' :class:`~tracerl_jax.attention.MaskInfo` and derives the mask from
@@ -55,7 +59,7 @@ _remat_layer_call = nnx.remat(_layer_call)
 
 
 class Transformer(nnx.Module):
-    """Qwen3-style decoder LM (SDAR / TraDo). Parameter names mirror the HF ones.
+    """Decoder LM of any family. Parameter names mirror the Qwen HF ones.
 
     Attributes:
       config: the :class:`ModelConfig` (static; part of the graphdef).
@@ -224,6 +228,37 @@ def make_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVC
     """An empty ``KVCache`` for ``config`` (``dtype`` defaults to the compute dtype)."""
     return kvc.init(config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim,
                     dtype=config.compute_dtype if dtype is None else dtype)
+
+
+def shift_logits(x: jax.Array) -> jax.Array:
+    """Dream's one-position logit shift (ALGORITHMS.md §2.4, §12.3).
+
+    An AR-initialised model's output at ``i`` predicts token ``i+1``; the
+    shift moves it to the slot it predicts: ``out[:, i] = x[:, i-1]`` for
+    ``i >= 1`` and ``out[:, 0] = x[:, 0]`` (the first slot keeps its own
+    output, as the reference does; it is never a generated position).
+
+    Args:
+      x: ``[B, Q, ...]`` per-position outputs (logits, hidden states).
+
+    Returns:
+      ``[B, Q, ...]``, same dtype.
+    """
+    return jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
+
+
+def predictions(config: ModelConfig, logits: jax.Array) -> jax.Array:
+    """Logits aligned with the tokens they score: :func:`shift_logits` when
+    ``config.logits_shift`` (Dream), unchanged otherwise (SDAR, LLaDA).
+
+    Args:
+      config: the model's :class:`ModelConfig`.
+      logits: ``[B, Q, V]`` from :func:`forward`.
+
+    Returns:
+      ``[B, Q, V]``; entry ``[:, i]`` is the distribution of token ``i``.
+    """
+    return shift_logits(logits) if config.logits_shift else logits
 
 
 def cache_init_fn(config: ModelConfig, dtype=None) -> Callable[[int, int], KVCache]:
