@@ -294,10 +294,22 @@ def render_trajectory(tokenizer: Tokenizer, tokens: Sequence[int], step_map: Seq
 
     Returns:
       A multi-line string.
+
+    Raises:
+      ValueError: a bad ``block_size`` or ``length``, or ``tokens`` and
+        ``step_map`` that are not 1-D of one length (pass one row).
     """
     tokens, step_map = np.asarray(tokens), np.asarray(step_map)
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+    if tokens.ndim != 1 or tokens.shape != step_map.shape:
+        raise ValueError(f"tokens {tokens.shape} and step_map {step_map.shape} must be 1-D of equal length "
+                         "(one row of a Rollout)")
+    if not 0 <= int(length) <= tokens.shape[0]:
+        raise ValueError(f"length must be in [0, {tokens.shape[0]}], got {length}")
     used = int(np.max(np.flatnonzero(step_map > 0), initial=-1)) + 1
-    used = -(-max(used, length) // block_size) * block_size
+    # Whole blocks, but never past the row (a caller may pass a cut row).
+    used = min(-(-max(used, length) // block_size) * block_size, tokens.shape[0])
     pieces = [_piece(tokenizer, t) for t in tokens[:used]]
     if not frames:
         lines = []
