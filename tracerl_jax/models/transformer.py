@@ -281,6 +281,37 @@ def sampler_forward_fn(graphdef) -> Callable:
     return fn
 
 
+def full_sampler_forward_fn(graphdef) -> Callable:
+    """Adapts the model to the full-attention samplers' ``forward_fn`` protocol.
+
+    The sampler asks for the distributions of the tokens at query slots
+    ``[start, start + length)``; the model's own logit convention is applied
+    here (Dream's shift reads the outputs at ``[start - 1, start - 1 +
+    length)``, §2.4; a query slot 0 keeps its own output), so the sampler
+    never needs to know it. Only those ``length`` positions go through the
+    vocabulary projection.
+
+    Returns:
+      ``fn(params, tokens [B, Q], positions [B, Q], mask_info, cache,
+      write_cache, start, length) -> (logits f32 [B, length, V], cache)``;
+      ``write_cache`` and ``length`` are Python values, ``start`` may be
+      traced.
+    """
+    cfg = _static_config(graphdef)
+    shift = bool(cfg.logits_shift) if cfg is not None else None
+
+    def fn(params, tokens, positions, mask_info, cache, write_cache, start, length):
+        model = nnx.merge(graphdef, params)
+        s = shift if shift is not None else bool(model.config.logits_shift)
+        validate_inputs(model.config, tokens, positions, mask_info, cache, write_cache)
+        hidden, cache = model.encode(tokens, positions, MaskInfo(*mask_info), cache, write_cache=bool(write_cache))
+        idx = jnp.asarray(start, jnp.int32) + jnp.arange(length, dtype=jnp.int32) - int(s)
+        hidden = jnp.take(hidden, jnp.maximum(idx, 0), axis=1)
+        return model.logits(hidden), cache
+
+    return fn
+
+
 # ---------------------------------------------------------------------------
 # Input validation (shapes are static, so this runs before/while tracing)
 # ---------------------------------------------------------------------------
