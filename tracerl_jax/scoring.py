@@ -1,8 +1,11 @@
 """Scores of trajectory rows under a model: per-token log-probs and values.
 
-Both read the model at the *noised* copy of the extended layout (§3.6, §8.2):
-the output at ``L0 + L1 + j`` is the model's view of response token ``j`` in
-the context it was decoded in. Only that slice goes through the vocabulary
+Block rows (``trajectory.TrainRows``) are read at the *noised* copy of the
+extended layout (§3.6, §8.2): the output at ``L0 + L1 + j`` is the model's
+view of response token ``j`` in the context it was decoded in. Full-attention
+rows (``trajectory_full.FullRows``, §5) are read at the response positions,
+one slot earlier for a shifted (Dream) model. Either way the result is in the
+response layout ``[R, L1]`` and only that slice goes through the vocabulary
 projection, which is most of the cost on large vocabularies.
 """
 
@@ -18,44 +21,74 @@ from flax import nnx
 from tracerl_jax import trajectory
 from tracerl_jax.losses import token_logprobs
 from tracerl_jax.sampling.block_sampler import Rollout
+from tracerl_jax.trajectory_full import FullRows
 
 
-def _noised_hidden(model, rows: trajectory.TrainRows) -> jax.Array:
+def _noised_hidden(model, rows) -> jax.Array:
+    if isinstance(rows, FullRows):
+        hidden, _ = model.encode(rows.tokens, rows.positions, rows.mask_info)
+        # Dream's output at i-1 predicts token i (§5); the prompt is never empty, so L0-1 >= 0.
+        start = rows.prompt_len - int(model.config.logits_shift)
+        return hidden[:, start:start + rows.labels.shape[1]]
     L1 = rows.extended_tokens.shape[1] - rows.labels.shape[1]
     hidden, _ = model.encode(rows.extended_tokens, rows.positions, rows.mask_info)
     return hidden[:, -L1:]
 
 
-def trajectory_logprobs(graphdef, params, rows: trajectory.TrainRows) -> jax.Array:
+def response_labels(rows) -> jax.Array:
+    """The labels of the response tokens, int ``[R, L1]``, for block or full-attention rows."""
+    if isinstance(rows, FullRows):
+        return rows.labels
+    return rows.labels[:, -(rows.extended_tokens.shape[1] - rows.labels.shape[1]):]
+
+
+def response_mask(rows) -> jax.Array:
+    """bool ``[R, L1]``: the scored response tokens of valid rows (block or full-attention rows)."""
+    if isinstance(rows, FullRows):
+        return rows.p_mask & rows.row_valid[:, None]
+    L1 = rows.extended_tokens.shape[1] - rows.labels.shape[1]
+    return rows.p_mask[:, -L1:] & rows.row_valid[:, None]
+
+
+def trajectory_logprobs(graphdef, params, rows) -> jax.Array:
     """``log pi(y_j | context at its decoding step)`` for every response position.
 
     Args:
       graphdef, params: a split policy model (``models.split_model``).
-      rows: :class:`trajectory.TrainRows` with ``R`` rows, ``N = L0 + 2*L1``.
+      rows: :class:`trajectory.TrainRows` with ``R`` rows, ``N = L0 + 2*L1``,
+        or :class:`trajectory_full.FullRows` (``[R, L0+L1]``).
 
     Returns:
-      float32 ``[R, L1]``; entry ``[r, j]`` scores label ``rows.labels[r, L0+j]``
-      with the logits at noised position ``L0+L1+j``. Only entries where
-      ``rows.p_mask[r, L0+j]`` holds are meaningful.
+      float32 ``[R, L1]``. Block rows: entry ``[r, j]`` scores label
+      ``rows.labels[r, L0+j]`` with the logits at noised position
+      ``L0+L1+j``. Full rows: it scores ``rows.labels[r, j]`` with the logits
+      at ``L0+j`` (``L0+j-1`` for a shifted model). Only entries of
+      :func:`response_mask` are meaningful.
     """
     model = nnx.merge(graphdef, params)
-    L1 = rows.extended_tokens.shape[1] - rows.labels.shape[1]
     logits = model.logits(_noised_hidden(model, rows))
-    return token_logprobs(logits, rows.labels[:, -L1:])
+    return token_logprobs(logits, response_labels(rows))
 
 
-def trajectory_values(graphdef, params, rows: trajectory.TrainRows) -> jax.Array:
+def trajectory_values(graphdef, params, rows) -> jax.Array:
     """Value-model outputs at the noised positions (§8.2).
 
     Args:
       graphdef, params: a split :class:`tracerl_jax.models.ValueModel`.
-      rows: :class:`trajectory.TrainRows`.
+      rows: :class:`trajectory.TrainRows` or :class:`trajectory_full.FullRows`.
 
     Returns:
       float32 ``[R, L1]``: ``V`` of the partially masked state just before
-      response token ``j`` was decoded (meaningful where ``p_mask`` holds).
+      response token ``j`` was decoded, read where its log-prob is read
+      (meaningful where ``p_mask`` holds).
     """
-    from tracerl_jax.models import value_forward
+    from tracerl_jax.models import ValueModel, value_forward
+
+    if isinstance(rows, FullRows):
+        model = nnx.merge(graphdef, params)
+        if not isinstance(model, ValueModel):
+            raise ValueError(f"trajectory_values needs a ValueModel graphdef, got {type(model).__name__}")
+        return model.values(_noised_hidden(model, rows)).astype(jnp.float32)
 
     L1 = rows.extended_tokens.shape[1] - rows.labels.shape[1]
     values = value_forward(graphdef, params, rows.extended_tokens, rows.positions, rows.mask_info)

@@ -1,8 +1,10 @@
 """The TraceRL policy, value and SFT updates as compiled, sharded steps.
 
 Each is :func:`tracerl_jax.train.step.make_train_step` around one loss over
-training rows in the extended layout (``trajectory.TrainRows``). A batch is a
-dict whose leaves are ``[GA, micro_B, ...]`` (use ``step.to_microbatches``):
+training rows: block rows in the extended layout (``trajectory.TrainRows``)
+or full-attention rows (``trajectory_full.FullRows``, §5); per-token arrays
+are in the response layout ``[R, L1]`` for both. A batch is a dict whose
+leaves are ``[GA, micro_B, ...]`` (use ``step.to_microbatches``):
 
 * policy: ``rows``, ``logp_old [R, L1]``, ``advantages [R]`` or ``[R, L1]``,
   optional ``logp_ref [R, L1]`` (frozen reference model; without it the KL is
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tracerl_jax import losses
-from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
+from tracerl_jax.scoring import response_mask, trajectory_logprobs, trajectory_values
 from tracerl_jax.train.step import make_train_step
 
 
@@ -57,9 +59,12 @@ class PolicyLossConfig:
     kl_normalizer: Optional[str] = None
 
 
+# The full-attention scripts' loss (§6.4 [REF]): no log-ratio clamp, per-row token mean, unnormalised KL.
+FULL_ATTENTION_REF = PolicyLossConfig(log_ratio_clip=None, normalizer="row_tokens", kl_normalizer="sum")
+
+
 def _response_mask(rows) -> jax.Array:
-    L1 = rows.extended_tokens.shape[1] - rows.labels.shape[1]
-    return rows.p_mask[:, -L1:] & rows.row_valid[:, None]
+    return response_mask(rows)  # block (TrainRows) or full-attention (FullRows) rows
 
 
 def policy_loss_fn(graphdef, cfg: PolicyLossConfig):
@@ -140,7 +145,7 @@ def batch_scalars(row_valid, grad_accum: int, L1_ref: float) -> dict:
 
 
 def _map_rows(fn, graphdef, params, rows, micro_batch: int):
-    R = rows.extended_tokens.shape[0]
+    R = rows.row_valid.shape[0]
     if R % micro_batch:
         raise ValueError(f"{R} rows are not divisible by micro_batch={micro_batch}; pad rows to a bucket")
     chunks = jax.tree.map(lambda x: x.reshape(R // micro_batch, micro_batch, *x.shape[1:]), rows)
