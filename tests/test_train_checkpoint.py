@@ -247,6 +247,10 @@ def test_model_config_dict_round_trip_and_bad_exports(tmp_path):
     (tmp_path / "model_config.json").write_text(json.dumps({"model_config": d}))
     with pytest.raises(FileNotFoundError, match="missing params/"):
         load_model(tmp_path)
+    # params of one model under the config of another
+    export_model(tmp_path / "mixed", split_model(init_model(TINY))[1], TINY.replace(vocab_size=32))
+    with pytest.raises(ValueError, match=r"params/ does not hold the parameters that model_config.json describes"):
+        load_model(tmp_path / "mixed")
 
 
 # ---------------------------------------------------------------------------

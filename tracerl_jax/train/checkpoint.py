@@ -361,6 +361,8 @@ def load_model(path: str | os.PathLike, *, shardings=None, **config_overrides):
 
     Raises:
       FileNotFoundError: not an export directory.
+      ValueError: parameters that do not match the recorded config, or
+        corrupt parameter files.
     """
     path = Path(path).absolute()
     config, value_model = read_model_config(path)
@@ -376,7 +378,12 @@ def load_model(path: str | os.PathLike, *, shardings=None, **config_overrides):
     if not (path / PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{path}: missing {PARAMS_DIR}/")
     with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(path / PARAMS_DIR, target)
+        try:
+            params = ckptr.restore(path / PARAMS_DIR, target)
+        except (ValueError, KeyError, OSError) as e:
+            raise ValueError(f"{path}: {PARAMS_DIR}/ does not hold the parameters that {MODEL_CONFIG_NAME} "
+                             f"describes (corrupt files, or a config written for another model): "
+                             f"{type(e).__name__}: {e}") from e
     return config, graphdef, params
 
 
