@@ -36,7 +36,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     # TraDo/SDAR dir (config.json + *.safetensors), "random:<preset>" (an untrained
     # preset; for smoke tests) or "shipped:<name>" (tracerl_jax/assets/checkpoints/<name>).
     c.checkpoint = "shipped:arith_sft"
-    c.tokenizer = ""  # "" = what the export recorded / the HF dir's own tokenizer / "tasks" for random:
+    c.tokenizer = ""  # "" = what the export recorded / the HF dir's own tokenizer / else "tasks"
     c.dtype = "float32"  # parameter dtype when loading HF safetensors (bfloat16 on accelerators)
 
     # --- data (tracerl_jax.tasks.load_examples) ------------------------------

@@ -25,7 +25,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
 
     # --- model (same forms as configs/evaluate.py) ---------------------------
     c.checkpoint = "shipped:arith_sft"  # export dir | Hugging Face dir | random:<preset> | shipped:<name>
-    c.tokenizer = ""  # "" = the checkpoint's own ("tasks" for random:)
+    c.tokenizer = ""  # "" = the checkpoint's own (export record / HF dir), else the shipped "tasks" one
     c.dtype = "float32"  # parameter dtype when loading HF safetensors
 
     # --- prompts -------------------------------------------------------------

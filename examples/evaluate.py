@@ -50,14 +50,17 @@ def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32", s
       spec: an export directory, a Hugging Face directory, ``random:<preset>``
         (an untrained preset sized to the tokenizer) or ``shipped:<name>``
         (``tracerl_jax/assets/checkpoints/<name>``, either kind of directory).
-      tokenizer: tokenizer name/path; "" = the checkpoint's own (or
-        ``"tasks"`` for ``random:``).
+      tokenizer: tokenizer name/path; "" = the one an export recorded, a
+        Hugging Face directory's own, or else the shipped ``"tasks"``
+        tokenizer (``random:`` presets and our small HF exports, which carry
+        no tokenizer files).
       dtype: parameter dtype for Hugging Face checkpoints.
       seed: init seed for ``random:``.
 
     Raises:
-      ValueError: an empty spec, an unknown preset or shipped name, or a
-        path that is neither kind of checkpoint directory.
+      ValueError: an empty spec, an unknown preset or shipped name, a path
+        that is neither kind of checkpoint directory, or a model whose
+        vocabulary is smaller than the tokenizer's.
     """
     if not spec:
         raise ValueError("checkpoint is empty; pass an export or Hugging Face directory, random:<preset> or "
@@ -78,7 +81,18 @@ def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32", s
         spec = str(path)
     elif not Path(spec).is_dir():
         raise ValueError(f"checkpoint {spec!r} is not a directory (nor random:<preset> / shipped:<name>)")
-    return _common.load_policy(spec, tokenizer=tokenizer or None, dtype=dtype)
+    path = Path(spec)
+    if not tokenizer and _common.is_hf_dir(path) and not _has_tokenizer(path):
+        tokenizer = "tasks"  # e.g. the shipped arith_sft: safetensors exported by examples/sft.py
+    policy = _common.load_policy(spec, tokenizer=tokenizer or None, dtype=dtype)
+    if policy.config.vocab_size < policy.tokenizer.vocab_size:
+        raise ValueError(f"checkpoint {spec!r} has vocab_size {policy.config.vocab_size}, smaller than its "
+                         f"tokenizer's {policy.tokenizer.vocab_size}; pass the matching tokenizer")
+    return policy
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer.json").is_file() or any(path.glob("*.model"))
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:

@@ -21,7 +21,7 @@ import sample as sample_example  # noqa: E402  examples/sample.py
 
 from configs.evaluate import get_config as evaluate_config  # noqa: E402
 from configs.sample import get_config as sample_config  # noqa: E402
-from tracerl_jax.models import save_hf_checkpoint  # noqa: E402
+from tracerl_jax.models import get_preset, init_model, save_hf_checkpoint, split_model  # noqa: E402
 from tracerl_jax.train.checkpoint import export_model  # noqa: E402
 
 CONFIGS = REPO / "configs"
@@ -77,7 +77,8 @@ def test_evaluate_export_shipped_and_hf_dirs_agree(tmp_path, monkeypatch):
 
     results = {}
     for spec in ("shipped:mini", str(tmp_path / "hf")):
-        cfg = _eval_config(tmp_path / spec.replace("/", "_"), checkpoint=spec, tokenizer="tasks", warmup=False,
+        # tokenizer "": the export's recorded one; for the HF dir, which has no tokenizer files, "tasks"
+        cfg = _eval_config(tmp_path / spec.replace("/", "_"), checkpoint=spec, tokenizer="", warmup=False,
                            **{"data.num": 3})
         results[spec] = evaluate_example.evaluate_checkpoint(cfg, write=lambda line: None)
     gens = [[json.loads(line)["response"] for line in Path(r["generations_path"]).read_text().splitlines()]
@@ -95,6 +96,10 @@ def test_evaluate_bad_input(tmp_path, monkeypatch):
                           (str(tmp_path / "other"), r"neither an exported model")):
         with pytest.raises(ValueError, match=message):
             evaluate_example.load_checkpoint(spec)
+    small = get_preset("tiny").replace(vocab_size=64)
+    export_model(tmp_path / "small_vocab", split_model(init_model(small))[1], small, extra={})
+    with pytest.raises(ValueError, match=r"has vocab_size 64, smaller than its tokenizer's 160"):
+        evaluate_example.load_checkpoint(str(tmp_path / "small_vocab"))
     with pytest.raises(ValueError, match=r"config.sampler.gen_length=10 must be a multiple of sampler.block_size=4"):
         evaluate_example.evaluate_checkpoint(_eval_config(tmp_path, **{"sampler.gen_length": 10}))
     with pytest.raises(ValueError, match=r"config.prompt_buckets must be positive multiples .* got \[6\]"):
