@@ -59,7 +59,8 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     # --- optimisation ------------------------------------------------------
     c.batch_size = 64  # examples per update (semi-ar: rows; trace: rows = examples * rounds)
     c.grad_accum = 1  # micro-batches per update (batch_size divisible by it)
-    c.num_steps = 1500  # optimizer updates
+    c.num_steps = 1500  # optimizer updates the learning-rate schedule spans
+    c.stop_at = 0  # stop (evaluate, export) after this many updates; 0: num_steps
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 1e-3  # peak AdamW learning rate
     c.optimizer.schedule = "cosine"  # constant | cosine

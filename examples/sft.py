@@ -68,6 +68,8 @@ def _validate(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"sft.method must be one of {METHODS}, got {cfg.sft.method!r}")
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
+    if not 0 <= cfg.stop_at <= cfg.num_steps:
+        raise ValueError(f"stop_at={cfg.stop_at} must be in [0, num_steps={cfg.num_steps}]")
     if cfg.gen_length % cfg.block_size:
         raise ValueError(f"gen_length={cfg.gen_length} must be a multiple of block_size={cfg.block_size}")
 
@@ -85,6 +87,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     """
     _validate(cfg)
     workdir = Path(workdir or cfg.workdir).absolute()
+    # The learning-rate schedule always spans num_steps; stop_at ends the run
+    # early on that schedule (a deliberately under-trained warm start).
+    last = cfg.stop_at or cfg.num_steps
     workdir.mkdir(parents=True, exist_ok=True)
     say = tqdm.write if cfg.progress else print
 
@@ -148,7 +153,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
                   meta={"data": it.state, "config": _common.config_to_dict(cfg)}, force=True)
 
     t_start, acc, t_log = time.perf_counter(), [], time.perf_counter()
-    bar = tqdm(range(start, cfg.num_steps), initial=start, total=cfg.num_steps, desc="sft",
+    bar = tqdm(range(start, last), initial=start, total=last, desc="sft",
                disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
         batch_pairs = pairs.take(next(it))
@@ -158,7 +163,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         state, metrics = train_step(state, to_microbatches(batch, cfg.grad_accum), lr)
         acc.append(metrics)
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.num_steps:
+        if done % cfg.log_every == 0 or done == last:
             host = jax.device_get(acc)
             mean = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
             now = time.perf_counter()
@@ -166,27 +171,27 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
             writer.write(done, mean)
             bar.set_postfix(loss=f"{mean['train/loss']:.4f}", nll=f"{mean['train/nll']:.3f}")
             acc, t_log = [], now
-        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.num_steps:
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != last:
             run_eval(done, state.params)
-        if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+        if done % cfg.checkpoint_every == 0 or done == last:
             save(done)
     bar.close()
 
-    final = run_eval(cfg.num_steps, state.params)
-    if ckpt.latest_step() != cfg.num_steps:
-        save(cfg.num_steps)
+    final = run_eval(last, state.params)
+    if ckpt.latest_step() != last:
+        save(last)
     ckpt.close()
     wall = time.perf_counter() - t_start
     evaluation.write_generations_jsonl(workdir / "eval_generations.jsonl", final["generations"])
     export_dir = export(workdir / "export", state.params, model_cfg, cfg, final)
-    writer.write(cfg.num_steps, {"train/wall_seconds": wall})
+    writer.write(last, {"train/wall_seconds": wall})
     writer.close()
     try:
         plot_curves(writer.jsonl_path, workdir / "curves.png", ["train/loss", "eval/accuracy"])
     except ValueError:
         pass
     say(f"done in {wall:.0f}s; exported to {export_dir}")
-    return {"step": cfg.num_steps, **{f"eval/{k}": v for k, v in evaluation.summary(final).items()},
+    return {"step": last, **{f"eval/{k}": v for k, v in evaluation.summary(final).items()},
             "export_dir": str(export_dir), "wall_seconds": wall}
 
 
