@@ -13,6 +13,15 @@ Shapes never depend on data: rollouts use a fixed batch and prompt bucket,
 rows are built for all ``N * T`` (response, round) pairs, filtered rows are
 moved to the back by a host permutation (no compile), and updates consume
 fixed-size slices. A steady-state iteration compiles nothing new.
+
+Multi-host (``jax.distributed``): each process rolls out its share of the
+prompts with :func:`response_keys` (keys from the *global* prompt index, so a
+response does not depend on how many processes there are), scores whole
+groups locally, then :func:`gather_rollouts` gives every process the whole
+step's rollouts. Rows, packing and update batches are then built identically
+everywhere and :func:`to_global` hands each process's devices their slice of
+every batch. Only the (cheap) row bookkeeping is repeated per process; the
+rollouts and the forward/backward passes are split.
 """
 
 from __future__ import annotations
@@ -73,9 +82,10 @@ def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
 
 
 def rollout_and_reward(sample_fn: Callable, params, tokenizer, examples: Sequence, *, k: int, prompt_len: int,
-                       rng: jax.Array, score_fn: Callable, group_filter: str = "constant",
+                       rng: Optional[jax.Array] = None, score_fn: Callable, group_filter: str = "constant",
                        keep_range: tuple[float, float] = (0.2, 0.8),
-                       truncation_cap: Optional[int] = None) -> RolloutBatch:
+                       truncation_cap: Optional[int] = None,
+                       row_keys: Optional[jax.Array] = None) -> RolloutBatch:
     """Samples ``k`` responses per prompt and scores them (§1.9, §7.4).
 
     Args:
@@ -85,7 +95,7 @@ def rollout_and_reward(sample_fn: Callable, params, tokenizer, examples: Sequenc
       examples: ``P`` task examples (``.question``).
       k: responses per prompt.
       prompt_len: padded prompt length ``L0`` (static bucket).
-      rng: PRNG key for this RL step.
+      rng: PRNG key for this RL step (split into one key per response).
       score_fn: ``(texts, examples, lengths) -> scores`` for the whole batch,
         e.g. :func:`tracerl_jax.evaluation.default_verifier` (task verifiers,
         or math-verify for MATH-style data).
@@ -95,15 +105,27 @@ def rollout_and_reward(sample_fn: Callable, params, tokenizer, examples: Sequenc
       keep_range: accuracy range of the ``"range"`` filter.
       truncation_cap: math rule of §7.4: a response of ``>= cap - 5`` tokens
         scores 0 (``None``: off).
+      row_keys: instead of ``rng``, one key per response ``[P * k]`` (e.g.
+        :func:`response_keys`), so a response is reproducible whatever the
+        batch it is sampled in.
 
     Returns:
       :class:`RolloutBatch` with ``N = P * k`` responses.
+
+    Raises:
+      ValueError: a bad ``group_filter``, both or neither of ``rng`` and
+        ``row_keys``, or ``row_keys`` of the wrong length.
     """
     if group_filter not in ("none", "constant", "range"):
         raise ValueError(f"group_filter must be 'none', 'constant' or 'range', got {group_filter!r}")
+    if (rng is None) == (row_keys is None):
+        raise ValueError("pass exactly one of rng (one key for the batch) and row_keys (one per response)")
+    if row_keys is not None and row_keys.shape != (len(examples) * k,):
+        raise ValueError(f"row_keys must have shape [P*k] = [{len(examples) * k}], got {tuple(row_keys.shape)}")
     texts_in = [tokenizer.chat_prompt(ex.question) for ex in examples for _ in range(k)]
     prompts, valid = encode_batch(tokenizer, texts_in, side="left", length=prompt_len)
-    ro = sample_fn(params, prompts, valid, rng=rng)
+    ro = sample_fn(params, prompts, valid, rng=rng) if row_keys is None else sample_fn(params, prompts, valid,
+                                                                                       row_keys=row_keys)
     texts = decode_completions(tokenizer, ro)
     lengths = np.asarray(ro.lengths)
     scores = np.asarray(score_fn(texts, [e for e in examples for _ in range(k)], lengths), np.float32)
@@ -194,6 +216,32 @@ def value_advantages(value_graphdef, value_params, rows: trajectory.TrainRows, n
     for i in range(num_batches):
         vals[i * batch_rows:(i + 1) * batch_rows] = np.asarray(
             steps_lib.old_values(value_graphdef, value_params, slice_rows(rows, i, batch_rows), micro_batch))
+    A, R = step_advantages(vals, rows, batch, completion, block_size=block_size, shrink=shrink, pad_id=pad_id,
+                           post_num=post_num, gamma=gamma, lam=lam)
+    return vals, A, R
+
+
+def step_advantages(old_values: np.ndarray, rows: trajectory.TrainRows, batch: RolloutBatch,
+                    completion: np.ndarray, *, block_size: int, shrink: int, pad_id: int, post_num, gamma: float,
+                    lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Step-level GAE (§8.2–8.4) from old values already computed on packed rows.
+
+    The second half of :func:`value_advantages`, for loops that compute the
+    old values themselves (e.g. with a sharded forward pass).
+
+    Args:
+      old_values: float32 ``[R_pad, L1]`` value-model outputs of the packed rows.
+      rows: the packed rows (``R_pad`` of them).
+      batch: the step's :class:`RolloutBatch` (``N`` responses).
+      completion: bool ``[N, L1]``.
+
+    Returns:
+      ``(advantages [R_pad, L1], returns [R_pad, L1])`` as NumPy float32.
+    """
+    R_pad, L1 = rows.p_mask.shape[0], completion.shape[1]
+    if np.shape(old_values) != (R_pad, L1):
+        raise ValueError(f"old_values must be [R_pad, L1] = [{R_pad}, {L1}], got {np.shape(old_values)}")
+    vals = np.asarray(old_values, np.float32)
     step_ids, ok = trajectory.trace_step_ids(batch.rollout.step_map[:, :L1],
                                              jnp.sum(batch.rollout.step_map[:, :L1] > 0, axis=1),
                                              block_size=block_size, shrink=shrink)
@@ -204,7 +252,7 @@ def value_advantages(value_graphdef, value_params, rows: trajectory.TrainRows, n
     row_values = np.concatenate([np.zeros((R_pad, L0), np.float32), vals], axis=1)
     A, R = _gae_rows(jax.tree.map(jnp.asarray, rows), jnp.asarray(row_values), token_rewards, step_ids,
                      trainable, gamma, lam)
-    return vals, np.asarray(A)[:, L0:], np.asarray(R)[:, L0:]
+    return np.asarray(A)[:, L0:], np.asarray(R)[:, L0:]
 
 
 @jax.jit
@@ -212,21 +260,29 @@ def _gae_rows(rows, row_values, token_rewards, step_ids, trainable, gamma, lam):
     return adv_lib.step_gae_rows(rows, row_values, token_rewards, step_ids, trainable, gamma=gamma, lam=lam)
 
 
-def update_batches(rows, num_batches: int, batch_rows: int, grad_accum: int, L1_ref: float, **per_row):
+def update_batches(rows, num_batches: int, batch_rows: int, grad_accum: int, L1_ref: float, *,
+                   place: Optional[Callable] = None, **per_row):
     """Yields micro-batched update dicts ``{"rows", "num_rows", "L1_ref", **per_row}``.
 
     Every batch has the same shapes (``[GA, batch_rows / GA, ...]``);
     ``num_rows`` is the batch's valid-row count over ``GA``, so an update is
     the mean over the rows it really holds (the reference's ``1/B`` per row,
     with padding rows weighing nothing).
+
+    Args:
+      place: turns the host (NumPy) batch into device arrays; default
+        ``jnp.asarray`` on the default device. A sharded loop passes
+        ``lambda b: to_global(b, batch_sharding)``.
     """
     for i in range(num_batches):
         sl = lambda a: a[i * batch_rows:(i + 1) * batch_rows]
         b = {"rows": slice_rows(rows, i, batch_rows), **{k: sl(v) for k, v in per_row.items()}}
-        nb = max(int(np.asarray(b["rows"].row_valid).sum()), 1)
+        b = jax.tree.map(np.asarray, b)
+        nb = max(int(b["rows"].row_valid.sum()), 1)
         b["num_rows"] = np.full((batch_rows,), nb / grad_accum, np.float32)
         b["L1_ref"] = np.full((batch_rows,), L1_ref, np.float32)
-        yield to_microbatches(jax.tree.map(jnp.asarray, b), grad_accum)
+        b = to_microbatches(b, grad_accum)
+        yield place(b) if place is not None else jax.tree.map(jnp.asarray, b)
 
 
 def rollout_metrics(batch: RolloutBatch) -> dict:
@@ -240,3 +296,84 @@ def rollout_metrics(batch: RolloutBatch) -> dict:
         "response_length": float(lengths.mean()),
         "tokens_per_forward": float((lengths / steps).mean()),
     }
+
+
+# ---------------------------------------------------------------------------
+# Multi-host: per-process rollouts, one global batch
+# ---------------------------------------------------------------------------
+
+
+def response_keys(rng: jax.Array, num_prompts: int, k: int, first_prompt: int = 0) -> jax.Array:
+    """One PRNG key per response, from the prompt's index in the *global* batch.
+
+    Response ``j`` of global prompt ``g`` samples with
+    ``fold_in(fold_in(rng, g), j)``. A process that rolls out prompts
+    ``[first_prompt, first_prompt + num_prompts)`` of the step's batch gets
+    exactly the keys a single process would use for them, so the sampled
+    tokens do not depend on the number of processes.
+
+    Args:
+      rng: this RL step's rollout key.
+      num_prompts: ``P`` prompts rolled out here.
+      k: responses per prompt.
+      first_prompt: global index of the first of them.
+
+    Returns:
+      Keys ``[P * k]``, the responses of a prompt consecutive.
+    """
+    if num_prompts < 1 or k < 1 or first_prompt < 0:
+        raise ValueError(f"need num_prompts >= 1, k >= 1, first_prompt >= 0; got {num_prompts}, {k}, {first_prompt}")
+    g = jnp.repeat(jnp.arange(first_prompt, first_prompt + num_prompts, dtype=jnp.uint32), k)
+    j = jnp.tile(jnp.arange(k, dtype=jnp.uint32), num_prompts)
+    return jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(rng, a), b))(g, j)
+
+
+def gather_rollouts(batch: RolloutBatch, tokenizer) -> RolloutBatch:
+    """The whole step's :class:`RolloutBatch` on every process (host NumPy).
+
+    Each process holds ``P/n`` complete prompt groups (``N/n`` responses);
+    this concatenates them in process order, which is the global prompt
+    order of :class:`~tracerl_jax.data.ExampleIterator`. Rewards and group
+    advantages were computed per group, so they need no further reduction.
+    Texts are re-decoded from the gathered tokens. With one process the
+    batch comes back unchanged (no device round trip).
+
+    Returns:
+      A :class:`RolloutBatch` with ``N`` responses (NumPy arrays).
+    """
+    if jax.process_count() == 1:
+        return batch
+    from jax.experimental import multihost_utils
+
+    local = {"prompts": batch.prompts, "prompt_valid": batch.prompt_valid, "scores": batch.scores,
+             "advantages": batch.advantages, "keep": batch.keep,
+             "rollout": jax.tree.map(np.asarray, batch.rollout)}
+    g = jax.tree.map(np.asarray, multihost_utils.process_allgather(local, tiled=True))
+    rollout = Rollout(*g["rollout"])
+    return RolloutBatch(g["prompts"], g["prompt_valid"], rollout, decode_completions(tokenizer, rollout),
+                        g["scores"], g["advantages"], g["keep"])
+
+
+def to_global(tree, sharding):
+    """Host arrays that are identical on every process -> global ``jax.Array``\\ s.
+
+    Each process passes the *whole* array (``global_shape == local shape``) and
+    ``jax.make_array_from_process_local_data`` keeps only the slices its own
+    devices hold under ``sharding`` (one sharding, or a matching pytree).
+    """
+    if isinstance(sharding, jax.sharding.Sharding):
+        sharding = jax.tree.map(lambda _: sharding, tree)
+    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x), np.shape(x)),
+                        tree, sharding)
+
+
+def to_host(tree):
+    """Global (possibly cross-process) arrays -> full NumPy arrays on every process."""
+    def leaf(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+            return np.asarray(x)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(leaf, tree)
