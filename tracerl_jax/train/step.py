@@ -64,6 +64,26 @@ def state_shardings(state: TrainState, optimizer: optax.GradientTransformation, 
     return shd.named(mesh, TrainState(P(), pspecs, ospecs))
 
 
+def _extreme(name: str) -> bool:
+    return name.endswith("_min") or name.endswith("_max")
+
+
+def _identity(name: str, shape):
+    if name.endswith("_min"):
+        return jnp.full(shape.shape, jnp.inf, shape.dtype)
+    if name.endswith("_max"):
+        return jnp.full(shape.shape, -jnp.inf, shape.dtype)
+    return jnp.zeros(shape.shape, shape.dtype)
+
+
+def _combine(name: str, acc, value):
+    if name.endswith("_min"):
+        return jnp.minimum(acc, value)
+    if name.endswith("_max"):
+        return jnp.maximum(acc, value)
+    return acc + value
+
+
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
                     mesh: Optional[Mesh] = None, state_sharding: Optional[TrainState] = None,
                     donate: bool = False):
@@ -86,6 +106,9 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     """
 
     def step(state: TrainState, batch, lr):
+        # Metrics named *_min / *_max are extremes over micro-batches (a
+        # micro-batch with no scored token reports a sentinel that must not be
+        # averaged in); every other metric is the mean over micro-batches.
         ga = jax.tree.leaves(batch)[0].shape[0]
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -93,16 +116,16 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
             (loss, metrics), grads = grad_fn(state.params, micro)
             g_acc, l_acc, m_acc = acc
             return (jax.tree.map(jnp.add, g_acc, grads), l_acc + loss,
-                    jax.tree.map(jnp.add, m_acc, metrics)), None
+                    {k: _combine(k, m_acc[k], v) for k, v in metrics.items()}), None
 
         m_shape = jax.eval_shape(lambda p, b: loss_fn(p, b)[1], state.params,
                                  jax.tree.map(lambda x: x[0], batch))
         zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32),
-                 jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape))
+                 {k: _identity(k, s) for k, s in m_shape.items()})
         (grads, loss, metrics), _ = jax.lax.scan(body, zeros, batch)
         grads = jax.tree.map(lambda g: g / ga, grads)
         loss = loss / ga
-        metrics = jax.tree.map(lambda m: m / ga, metrics)
+        metrics = {k: m if _extreme(k) else m / ga for k, m in metrics.items()}
 
         ok = jnp.isfinite(loss) & _all_finite(grads)
         opt_state = set_learning_rate(state.opt_state, lr)
