@@ -41,8 +41,15 @@ def setup():
     return tok, mcfg, model, graphdef, params, batch
 
 
+@pytest.fixture(scope="module")
+def policy_step(setup):
+    # One compiled step for every method: update batches have one shape whatever the rows.
+    opt = make_optimizer(OptimizerConfig(learning_rate=1e-3))
+    return opt, make_policy_step(setup[3], opt, FULL_ATTENTION_REF)
+
+
 @pytest.mark.parametrize("method", rl.METHODS)
-def test_policy_iteration(setup, method):
+def test_policy_iteration(setup, policy_step, method):
     tok, mcfg, _, graphdef, params, batch = setup
     rows, completion = rl_full.build_policy_rows(method, batch, family="dream", mask_id=tok.mask_id,
                                                  pad_id=tok.pad_id, key=jax.random.key(1), shrink=2, post_num=0,
@@ -52,8 +59,7 @@ def test_policy_iteration(setup, method):
     logp_old = np.concatenate([np.asarray(old_logprobs(graphdef, params, rl.slice_rows(packed, i, BATCH_ROWS), 4))
                                for i in range(nb)])
     adv = batch.advantages[packed.response_index[:nb * BATCH_ROWS]]
-    opt = make_optimizer(OptimizerConfig(learning_rate=1e-3))
-    step = make_policy_step(graphdef, opt, FULL_ATTENTION_REF)
+    opt, step = policy_step
     state = init_train_state(params, opt)
     sl = lambda a: a[:nb * BATCH_ROWS]
     first = None

@@ -227,7 +227,7 @@ def test_config_and_prompt_validation():
 
 # ----------------------------------------------------------------- tiny real model
 
-CFG = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+CFG = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
                   head_dim=16, rope_theta=10000.0, max_position_embeddings=128, mask_token_id=31, pad_token_id=0,
                   eos_token_id=1, model_type="llada")
 P2 = np.array([[0, 0, 0, 5, 6, 7], [8, 9, 10, 11, 12, 13], [0, 0, 0, 0, 0, 14]], np.int32)

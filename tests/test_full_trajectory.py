@@ -34,35 +34,42 @@ def prompts_batch(n, seed=0, L0=8):
     return ids, ids != PAD
 
 
-@pytest.mark.parametrize("family,remasking,steps,tau", [
-    ("llada", "low_confidence_static", 8, None),   # two tokens per step
-    ("llada", "threshold", 16, 0.045),
-    ("dream", "low_confidence_static", 12, None),  # forced token + linspace counts
-    ("dream", "threshold", 16, 0.035),
+@pytest.mark.parametrize("family,remasking,steps,tau,compat", [
+    ("llada", "low_confidence_static", 8, None, "recommended"),   # two tokens per step
+    ("llada", "threshold", 16, 0.045, "recommended"),
+    ("dream", "low_confidence_static", 12, None, "recommended"),  # forced token + linspace counts
+    ("dream", "threshold", 16, 0.035, "recommended"),
+    ("llada", "low_confidence_static", 16, None, "reference"),    # Q-F4: canvas positions, pads attended
 ])
-def test_trainer_logprobs_equal_sampler_logprobs(family, remasking, steps, tau):
+def test_trainer_logprobs_equal_sampler_logprobs(family, remasking, steps, tau, compat):
     graphdef, params = split_model(init_model(CFG.replace(model_type=family), seed=0))
     params = jax.tree.map(lambda x: x * 2.0 if x.ndim == 2 else x, params)
     prompts, valid = prompts_batch(6)
     scfg = FullSamplerConfig(gen_length=16, mask_id=MASK, pad_id=PAD, eos_id=EOS, family=family, block_size=4,
-                             steps=steps, remasking=remasking, threshold=tau or 0.9, temperature=1.0)
+                             steps=steps, remasking=remasking, threshold=tau or 0.9, temperature=1.0,
+                             compat=compat)
     ro = make_full_sampler(full_sampler_forward_fn(graphdef), None, scfg, vocab_size=32)(
         params, prompts, valid, rng=jax.random.key(3))
     sm = np.asarray(ro.step_map)
     if remasking == "threshold":  # the scenario must contain steps that commit several tokens
         assert any(np.bincount(r).max() > 1 for r in sm)
-    assert np.any(np.asarray(ro.lengths) < 16)  # EOS inside the canvas: later tokens are context only
+    if compat == "recommended":
+        assert np.any(np.asarray(ro.lengths) < 16)  # EOS inside the canvas: later tokens are context only
 
     rr = rows_from_full_rollout(jnp.asarray(prompts), jnp.asarray(valid), ro, mask_id=MASK, pad_id=PAD,
-                                family=family, shrink=1, post_num=None)
+                                family=family, shrink=1, post_num=None, compat=compat)
     rows = rr.rows
     logp = np.asarray(jax.jit(trajectory_logprobs, static_argnums=0)(graphdef, params, rows))
     scored = np.asarray(response_mask(rows))
     idx = np.asarray(rows.response_index)
     counts = np.zeros(sm.shape, int)
     np.add.at(counts, idx, scored.astype(int))
-    np.testing.assert_array_equal(counts, np.asarray(rr.completion).astype(int))  # each token exactly once
+    # Each token exactly once: the completion, or (reference, §5) every response position.
+    want = np.asarray(rr.completion) if compat == "recommended" else np.ones(sm.shape, bool)
+    np.testing.assert_array_equal(counts, want.astype(int))
     diff = np.abs(logp - np.asarray(ro.logprobs)[idx])[scored]
+    if compat == "reference":  # left padding changes the other rows' positions: the batch is not row-independent
+        assert np.asarray(rows.positions)[0, 0] == 0 and bool(np.all(np.asarray(rows.mask_info.valid)))
     assert scored.sum() > 30
     assert diff.max() <= 1e-4, diff.max()
 
@@ -151,7 +158,7 @@ def test_loss_with_shrink_equal_to_steps_is_the_single_row_case():
     adv = jnp.asarray([1.0, -0.5, 2.0])
     batch = {"rows": rows, "logp_old": logp_old, "advantages": adv, **batch_scalars(rows.row_valid, 1, L1)}
     loss, metrics = jax.jit(policy_loss_fn(graphdef, FULL_ATTENTION_REF))(new_params, batch)
-    logp = trajectory_logprobs(graphdef, new_params, single)
+    logp = jax.jit(trajectory_logprobs, static_argnums=0)(graphdef, new_params, single)
     ratio = np.exp(np.asarray(logp - logp_old))
     surr = np.minimum(ratio * adv[:, None], np.clip(ratio, 0.8, 1.2) * adv[:, None])
     p = trainable
