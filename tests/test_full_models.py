@@ -289,3 +289,11 @@ def test_full_mask_is_bidirectional_over_real_keys():
     valid = jnp.asarray([[False, True, True, True]])
     m = np.asarray(dense_mask(full_info(valid), full_info(valid)))[0, 0]
     np.testing.assert_array_equal(m[1:], np.broadcast_to([False, True, True, True], (3, 4)))
+
+
+def test_cpu_size_presets_in_full_attention_layouts():
+    for size in ("tiny", "small"):
+        for family in ("llada", "dream"):
+            cfg = get_preset(f"{size}-{family}")
+            assert cfg == get_preset(size, model_type=family) and cfg.family == family
+            assert cfg.hidden_size == get_preset(size).hidden_size and not cfg.qk_norm

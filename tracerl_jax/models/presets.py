@@ -113,7 +113,16 @@ def _presets() -> dict:
     }
 
 
-PRESET_NAMES = tuple(_presets())
+def _with_full_attention_variants(presets: dict) -> dict:
+    # tiny-llada, small-dream, ...: the test/CPU sizes in each full-attention layout, so a
+    # config string ("random:small-llada") can pick a family without code.
+    for size in ("tiny", "small"):
+        for family in ("llada", "dream"):
+            presets[f"{size}-{family}"] = presets[size].replace(model_type=family)
+    return presets
+
+
+PRESET_NAMES = tuple(_with_full_attention_variants(_presets()))
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:
@@ -122,16 +131,17 @@ def get_preset(name: str, **overrides) -> ModelConfig:
     Args:
       name: one of ``PRESET_NAMES`` (``tiny``, ``small``, ``sdar-1.7b``,
         ``sdar-4b``, ``sdar-8b``, ``trado-4b``, ``trado-8b``, ``llada-8b``,
-        ``dream-7b``, ``diffucoder-7b``). ``tiny``/``small`` are SDAR-layout;
-        pass ``model_type="llada"`` or ``"dream"`` for a full-attention model
-        of the same size (the layout flags follow the family).
+        ``dream-7b``, ``diffucoder-7b``, and ``tiny-llada``, ``tiny-dream``,
+        ``small-llada``, ``small-dream``: the SDAR-layout ``tiny``/``small``
+        sizes in a full-attention layout, the same as passing
+        ``model_type="llada"`` / ``"dream"``).
       **overrides: fields to replace (e.g. ``vocab_size`` from a tokenizer,
         ``dtype="bfloat16"``, ``remat=True``).
 
     Raises:
       ValueError: unknown name or invalid override.
     """
-    presets = _presets()
+    presets = _with_full_attention_variants(_presets())
     if name not in presets:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(presets)}")
     cfg = presets[name]
