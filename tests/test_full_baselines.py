@@ -98,7 +98,7 @@ def test_ar_rows_are_shifted_next_token_prediction():
     graphdef, params = split_model(init_model(CFG, seed=0))
     prompt, pvalid, resp = case(seed=3)
     rows = full_ar_sft_rows(prompt, pvalid, resp, pad_id=PAD, post_num=0)
-    logp = np.asarray(trajectory_logprobs(graphdef, params, rows))
+    logp = np.asarray(jax.jit(trajectory_logprobs, static_argnums=0)(graphdef, params, rows))
     tok = jnp.asarray(np.concatenate([prompt, resp], 1))
     valid = jnp.asarray(np.concatenate([pvalid, np.ones(resp.shape, bool)], 1))
     logits = np.asarray(forward(graphdef, params, tok, rows.positions, causal_info(valid)).logits)
@@ -123,7 +123,7 @@ def test_sft_and_value_steps_run_on_full_rows():
     assert losses[-1] < losses[0] and all(np.isfinite(losses))
 
     vgraph, vparams = split_model(value_model_from_policy(init_model(CFG, seed=1)))
-    values = trajectory_values(vgraph, vparams, rows)
+    values = jax.jit(trajectory_values, static_argnums=0)(vgraph, vparams, rows)
     assert values.shape == rows.p_mask.shape and float(jnp.abs(values).max()) == 0.0  # zero-initialised head
     returns = jnp.where(response_mask(rows), 1.0, 0.0)
     vstep = make_value_step(vgraph, opt, clip=None, normalizer="row_tokens")

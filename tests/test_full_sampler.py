@@ -281,7 +281,8 @@ def test_greedy_cached_equals_uncached_with_one_step_per_block():
     last = np.asarray(a.step_map) == np.asarray(a.num_steps)[:, None]
     pre = np.where(np.concatenate([np.zeros_like(P2, bool), last], 1), 31, canvas)
     valid, pos = _canvas_inputs()
-    logits, _ = full_sampler_forward_fn(graphdef)(params, jnp.asarray(pre), pos, full_info(valid), None, False, 6, 12)
+    fwd = jax.jit(full_sampler_forward_fn(graphdef), static_argnums=(5, 7))
+    logits, _ = fwd(params, jnp.asarray(pre), pos, full_info(valid), None, False, 6, 12)
     z = np.array(logits)
     z[..., 31] = -np.inf
     np.testing.assert_array_equal(z.argmax(-1)[last], np.asarray(a.tokens)[last])
