@@ -10,8 +10,10 @@ Per step, every position of the current block gets a sampled token, a
 confidence and its policy log-prob; the remasking rule picks which masked
 positions are committed:
 
-* ``family="llada"`` (§2.3): confidence from the **untempered** softmax
-  (Q-F6, by design in LLaDA); static quota = the §1.3 rule over the block's
+* ``family="llada"`` (§2.3): tokens drawn from ``softmax(z/T)`` (the
+  reference's float64 Gumbel-max draws from the same distribution) and
+  confidence from the **untempered** softmax (Q-F6, by design in LLaDA);
+  static quota = the §1.3 rule over the block's
   masks at block start; ``threshold``: every candidate with confidence
   ``>= tau``, else the single best (no step budget: Q-F2 fixed).
 * ``family="dream"`` (§2.4): temperature -> top-p -> top-k sampling with the
