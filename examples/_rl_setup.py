@@ -19,7 +19,6 @@ iterator's position, and the pre-RL accuracy.
 from __future__ import annotations
 
 import importlib
-import os
 import signal
 from importlib import resources
 from pathlib import Path
