@@ -6,10 +6,10 @@ number taken on a shared machine means little on its own, so every script
 * times the things it compares *side by side in one process*, interleaved
   round by round, so that a change in background load hits all of them alike
   and their ratios stay meaningful;
-* records the load it ran under: the load average before and after, and the
-  CPU time the process itself got per wall second (``cpu_per_wall``), which
-  on a 2-core machine shared with another job says how many cores the
-  benchmark really had;
+* records the load it ran under: the load average before and after, the
+  CPU time the process itself got per wall second (``cpu_per_wall``: how
+  many cores the benchmark really had) and the CPU time every other process
+  took per wall second (from ``/proc/stat``);
 * writes everything it printed, plus the environment, to
   ``benchmarks/results/<name>.json``.
 """
@@ -91,27 +91,46 @@ def environment() -> dict:
     }
 
 
+def _system_busy_s() -> float | None:
+    """CPU seconds all processes have spent busy since boot (``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 class LoadMeter:
-    """Wall and process-CPU time of a whole run, and the load average at its end."""
+    """Wall and CPU time of a whole run: this process's, and everybody else's."""
 
     def __init__(self):
-        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        self.w0, self.c0, self.s0 = time.perf_counter(), time.process_time(), _system_busy_s()
 
     def summary(self) -> dict:
         wall = time.perf_counter() - self.w0
         cpu = time.process_time() - self.c0
+        s1 = _system_busy_s()
+        others = None if s1 is None or self.s0 is None else max(s1 - self.s0 - cpu, 0.0)
         return {"wall_s": round(wall, 1), "process_cpu_s": round(cpu, 1),
                 "cpu_per_wall": round(cpu / wall, 2) if wall > 0 else None,
+                "other_processes_cpu_per_wall": round(others / wall, 2) if others is not None and wall > 0 else None,
                 "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
 
 
 def load_note(env: dict, load: dict) -> str:
     """One line saying whether the run competed with other work for the CPU."""
     n = env["cpu_count"] or 1
-    busy = max(env["loadavg_start"][0], load["loadavg_end"][0])
+    others = load.get("other_processes_cpu_per_wall")
     line = (f"load: loadavg {env['loadavg_start'][0]:.2f} -> {load['loadavg_end'][0]:.2f} on {n} cores; "
             f"this process got {load['cpu_per_wall']} CPU-s per wall-s (nice {env['nice']})")
-    if busy > 0.5 * n and (load["cpu_per_wall"] or 0) < 0.9 * n:
+    if others is not None:
+        line += f", other processes {others}"
+        busy = others > 0.25
+    else:
+        busy = env["loadavg_start"][0] > 0.5 * n
+    if busy:
         line += ". CONCURRENT LOAD: absolute numbers are pessimistic; compare the side-by-side ratios"
     return line
 
