@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import signal
-from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional
@@ -34,7 +33,7 @@ from tracerl_jax import rl
 from tracerl_jax.data import ExampleIterator
 from tracerl_jax.evaluation import default_verifier, evaluate
 from tracerl_jax.models import (cache_init_fn, get_preset, init_model, load_hf_checkpoint, sampler_forward_fn,
-                                split_model, value_model_from_policy)
+                                shipped_checkpoint, split_model, value_model_from_policy)
 from tracerl_jax.sampling import BlockSamplerConfig, make_block_sampler
 from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
 from tracerl_jax.tasks import get_task, load_examples, load_reference
@@ -134,14 +133,6 @@ class StopRequest:
 # ---------------------------------------------------------------------------
 # Model, data, sampler, reward
 # ---------------------------------------------------------------------------
-
-
-def shipped_checkpoint(name: str) -> Path:
-    """Directory of a checkpoint shipped inside the package (``assets/checkpoints/<name>``)."""
-    path = Path(str(resources.files("tracerl_jax") / "assets" / "checkpoints" / name))
-    if not (path / "config.json").is_file():
-        raise ValueError(f"no shipped checkpoint named {name!r} (looked in {path})")
-    return path
 
 
 def load_policy(cfg: ml_collections.ConfigDict, tokenizer):

@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,14 +32,15 @@ from ml_collections import config_flags  # noqa: E402
 import _common  # noqa: E402
 from tracerl_jax import evaluation  # noqa: E402
 from tracerl_jax.data import bucket_length  # noqa: E402
-from tracerl_jax.models import PRESET_NAMES  # noqa: E402
+from tracerl_jax.models import PRESET_NAMES, shipped_checkpoint  # noqa: E402
+from tracerl_jax.models.hf_io import SHIPPED_CHECKPOINTS  # noqa: E402
 from tracerl_jax.tasks import Example  # noqa: E402
 from tracerl_jax.tokenizers import pad_ids  # noqa: E402
 
 
 def shipped_dir() -> Path:
     """Where checkpoints shipped with the package live (``tracerl_jax/assets/checkpoints``)."""
-    return Path(str(resources.files("tracerl_jax"))) / "assets" / "checkpoints"
+    return SHIPPED_CHECKPOINTS
 
 
 def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32", seed: int = 0) -> _common.Policy:
@@ -72,13 +72,10 @@ def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32", s
         return _common.load_policy("", tokenizer=tokenizer or None,
                                    model=ml_collections.ConfigDict({"preset": preset}), seed=seed)
     if spec.startswith("shipped:"):
-        name = spec.split(":", 1)[1]
-        path = shipped_dir() / name
-        if not (_common.is_export_dir(path) or _common.is_hf_dir(path)):
-            have = sorted(p.name for p in shipped_dir().iterdir() if p.is_dir()) if shipped_dir().is_dir() else []
-            raise ValueError(f"checkpoint {spec!r}: no shipped checkpoint {name!r} in {shipped_dir()}; "
-                             f"shipped: {have or 'none'} (random:tiny gives an untrained model)")
-        spec = str(path)
+        try:
+            spec = str(shipped_checkpoint(spec.split(":", 1)[1], root=shipped_dir()))
+        except ValueError as e:
+            raise ValueError(f"checkpoint {spec!r}: {e} (random:tiny gives an untrained model)") from None
     elif not Path(spec).is_dir():
         raise ValueError(f"checkpoint {spec!r} is not a directory (nor random:<preset> / shipped:<name>)")
     path = Path(spec)

@@ -2,7 +2,8 @@
 layout flags), value model, presets and HF checkpoint I/O."""
 
 from tracerl_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
-from tracerl_jax.models.hf_io import hf_key_map, load_hf_checkpoint, read_hf_config, save_hf_checkpoint
+from tracerl_jax.models.hf_io import (hf_key_map, load_hf_checkpoint, read_hf_config, save_hf_checkpoint,
+                                     shipped_checkpoint)
 from tracerl_jax.models.presets import PRESET_NAMES, get_preset
 from tracerl_jax.models.transformer import (
     ForwardOutput,
@@ -38,6 +39,7 @@ __all__ = [
     "make_cache",
     "predictions",
     "read_hf_config",
+    "shipped_checkpoint",
     "sampler_forward_fn",
     "save_hf_checkpoint",
     "shift_logits",

@@ -36,6 +36,32 @@ from tracerl_jax.models.hf_keys import VALUE_HEAD_KEY, embed_key, head_key, hf_k
 from tracerl_jax.models.transformer import Transformer
 from tracerl_jax.models.value import ValueModel
 
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "assets" / "checkpoints"
+
+
+def shipped_checkpoint(name: str, root: Union[str, os.PathLike, None] = None) -> Path:
+    """Directory of a checkpoint shipped inside the package.
+
+    Args:
+      name: e.g. ``"arith_sft"`` (the SFT warm start of the CPU TraceRL
+        example; each directory's README says how it was made).
+      root: where to look instead of ``tracerl_jax/assets/checkpoints``.
+
+    Returns:
+      ``root / name``, a directory with ``config.json`` (a Hugging Face
+      checkpoint, :func:`load_hf_checkpoint`) or ``model_config.json`` (an
+      :func:`~tracerl_jax.train.checkpoint.export_model` directory).
+
+    Raises:
+      ValueError: no such checkpoint; the message lists the shipped ones.
+    """
+    root = Path(root) if root is not None else SHIPPED_CHECKPOINTS
+    path = root / name
+    if not name or not ((path / "config.json").is_file() or (path / "model_config.json").is_file()):
+        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise ValueError(f"no shipped checkpoint {name!r} in {root}; shipped: {have or 'none'}")
+    return path
+
 CONFIG_NAME = "config.json"
 SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"

@@ -50,7 +50,7 @@ from jax import lax
 from tracerl_jax import kv_cache as kvc
 from tracerl_jax.attention import MaskInfo, generation_info
 from tracerl_jax.sampling import remasking
-from tracerl_jax.sampling.token_sampling import sample
+from tracerl_jax.sampling.token_sampling import row_keys_for, sample
 
 COMPAT = ("recommended", "reference")
 
@@ -333,15 +333,7 @@ def make_block_sampler(forward_fn: ForwardFn, init_cache: Callable[[int, int], k
         prompts = jnp.asarray(prompts)
         prompt_valid = jnp.asarray(prompt_valid, bool)
         validate_prompts(prompts, prompt_valid, cfg, vocab_size, max_positions)
-        B = prompts.shape[0]
-        if row_keys is None:
-            if rng is None:
-                if cfg.temperature != 0.0:
-                    raise ValueError("sampling with temperature > 0 needs rng or row_keys")
-                rng = jax.random.key(0)
-            row_keys = jax.random.split(rng, B)
-        elif row_keys.shape[0] != B:
-            raise ValueError(f"row_keys has {row_keys.shape[0]} keys for a batch of {B}")
+        row_keys = row_keys_for(prompts.shape[0], rng, row_keys, random=cfg.temperature != 0.0)
         return core(params, prompts.astype(jnp.int32), prompt_valid, row_keys)
 
     return sample_fn

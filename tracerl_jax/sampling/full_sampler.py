@@ -68,7 +68,7 @@ from tracerl_jax.sampling import remasking
 from tracerl_jax.sampling.block_sampler import Rollout
 from tracerl_jax.sampling.full_schedule import (block_steps, dream_count, dream_fraction_table,
                                                 llada_quota)
-from tracerl_jax.sampling.token_sampling import filter_logits
+from tracerl_jax.sampling.token_sampling import filter_logits, row_keys_for
 
 FAMILIES = ("llada", "dream")
 REMASKING = ("low_confidence_static", "threshold")
@@ -499,15 +499,9 @@ def make_full_sampler(forward_fn: FullForwardFn, init_cache: Optional[Callable],
         prompts = jnp.asarray(prompts)
         prompt_valid = jnp.asarray(prompt_valid, bool)
         validate_full_prompts(prompts, prompt_valid, cfg, vocab_size, max_positions)
-        B = prompts.shape[0]
-        if row_keys is None:
-            if rng is None:
-                if cfg.temperature != 0.0 or cfg.target == "random" or cfg.alg_temp > 0:
-                    raise ValueError("random sampling (temperature, target='random', alg_temp) needs rng or row_keys")
-                rng = jax.random.key(0)
-            row_keys = jax.random.split(rng, B)
-        elif row_keys.shape[0] != B:
-            raise ValueError(f"row_keys has {row_keys.shape[0]} keys for a batch of {B}")
+        row_keys = row_keys_for(prompts.shape[0], rng, row_keys,
+                                random=cfg.temperature != 0.0 or cfg.target == "random" or cfg.alg_temp > 0,
+                                what="temperature > 0, target='random' or alg_temp > 0")
         return core(params, prompts.astype(jnp.int32), prompt_valid, row_keys)
 
     return sample_fn

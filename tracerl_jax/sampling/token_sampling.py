@@ -107,3 +107,25 @@ def sample(key: jax.Array, logits: jax.Array, temperature: float = 1.0, top_k: i
     conf = jnp.exp(jnp.take_along_axis(logp_sampling, tokens[..., None], axis=-1)[..., 0])
     logp_tok = jnp.take_along_axis(logp_model, tokens[..., None], axis=-1)[..., 0]
     return Sampled(tokens.astype(jnp.int32), conf, logp_tok)
+
+
+def row_keys_for(batch: int, rng=None, row_keys=None, *, random: bool, what: str = "temperature > 0"):
+    """One PRNG key per row ``[batch]`` for a sampler call.
+
+    Either split ``rng`` over the rows, or take ``row_keys`` as given (keys
+    fixed per row make a row's sample independent of the batch it is in). A
+    deterministic sampler (``random=False``) may pass neither.
+
+    Raises:
+      ValueError: neither is given while sampling is random (``what`` names
+        the setting that makes it so), or ``row_keys`` has the wrong length.
+    """
+    if row_keys is None:
+        if rng is None:
+            if random:
+                raise ValueError(f"sampling with {what} needs rng or row_keys")
+            rng = jax.random.key(0)
+        return jax.random.split(rng, batch)
+    if row_keys.shape[0] != batch:
+        raise ValueError(f"row_keys has {row_keys.shape[0]} keys for a batch of {batch}")
+    return row_keys

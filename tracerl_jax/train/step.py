@@ -68,12 +68,12 @@ def _extreme(name: str) -> bool:
     return name.endswith("_min") or name.endswith("_max")
 
 
-def _identity(name: str, shape):
+def _identity(name: str, struct):
     if name.endswith("_min"):
-        return jnp.full(shape.shape, jnp.inf, shape.dtype)
+        return jnp.full(struct.shape, jnp.inf, struct.dtype)
     if name.endswith("_max"):
-        return jnp.full(shape.shape, -jnp.inf, shape.dtype)
-    return jnp.zeros(shape.shape, shape.dtype)
+        return jnp.full(struct.shape, -jnp.inf, struct.dtype)
+    return jnp.zeros(struct.shape, struct.dtype)
 
 
 def _combine(name: str, acc, value):
