@@ -9,6 +9,7 @@ mean reward per RL step.
 
 import ast
 import math
+import os
 import time
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def test_notebook_runs(tmp_path, monkeypatch):
     # Compiling dominates a run this short; fewer XLA passes cut its CPU time by about a third.
     monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # The kernel runs in tmp_path; point it at this checkout so it tests the code under test,
+    # not whatever copy (if any) is installed in site-packages.
+    repo = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     t0 = time.perf_counter()
