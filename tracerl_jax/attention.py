@@ -28,7 +28,9 @@ so softmax never sees an empty row.
 
 The compact description (two ``MaskInfo``) is what a block-sparse kernel
 consumes; :func:`dense_mask` materialises ``[B, 1, Q, K]`` booleans for the
-XLA path.
+XLA path. :func:`self_attention` takes the compact form and picks the dense
+path, the tile-skipping one (:mod:`tracerl_jax.blockwise_attention`) or
+Pallas splash attention on TPU (:mod:`tracerl_jax.splash_attention`).
 """
 
 from __future__ import annotations
@@ -240,3 +242,39 @@ def dot_product_attention(
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v)
     return out.reshape(B, Q, H, D)
+
+
+def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, info: MaskInfo, *, implementation: str = "dense",
+                   q_tile: int = 128, k_tile: int = 128) -> jax.Array:
+    """Self-attention (no KV cache) under the mask of ``info``, by the chosen implementation.
+
+    All implementations compute the same function (``dense_mask(info, info)``
+    semantics, float32 softmax, GQA) up to float rounding:
+
+    * ``"dense"``: :func:`dot_product_attention` on :func:`dense_mask`;
+    * ``"blockwise"``: visits only tiles that hold allowed pairs
+      (:func:`tracerl_jax.blockwise_attention.blockwise_attention`), or on a
+      TPU backend with splash importable, splash attention;
+    * ``"splash"``: :func:`tracerl_jax.splash_attention.splash_attention`
+      (TPU only; block size ``k_tile``).
+
+    Args:
+      q: ``[B, L, H, D]``; k, v: ``[B, L, Hkv, D]``.
+      info: ``MaskInfo`` with fields ``[B, L]``.
+      implementation: ``"dense"`` | ``"blockwise"`` | ``"splash"``.
+      q_tile, k_tile: tile lengths of the blockwise/splash paths.
+
+    Returns:
+      ``[B, L, H, D]`` in ``q.dtype``.
+    """
+    if implementation == "dense":
+        return dot_product_attention(q, k, v, dense_mask(info, info))
+    from tracerl_jax import splash_attention as splash
+
+    if implementation == "splash" or (implementation == "blockwise" and splash.splash_available()):
+        return splash.splash_attention(q, k, v, info, block=k_tile)
+    if implementation == "blockwise":
+        from tracerl_jax.blockwise_attention import blockwise_attention
+
+        return blockwise_attention(q, k, v, info, q_tile=q_tile, k_tile=k_tile)
+    raise ValueError(f"implementation must be 'dense', 'blockwise' or 'splash', got {implementation!r}")

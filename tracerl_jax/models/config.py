@@ -47,6 +47,7 @@ FAMILY_LAYOUT = {
     "dream": dict(qk_norm=False, qkv_bias=True, logits_shift=True),
 }
 _LAYOUT_FLAGS = ("qk_norm", "qkv_bias", "logits_shift")
+ATTENTION_IMPLS = ("dense", "blockwise", "splash")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -104,6 +105,16 @@ class ModelConfig:
       dtype: compute dtype of activations and matmuls (norms, softmax and
         logits are float32 regardless).
       remat: rematerialise each layer in the backward pass.
+      attention_impl: attention of the no-cache forward (training rows,
+        scoring): ``"dense"`` scores all ``N x N`` pairs and masks them (XLA
+        einsums, bit-stable, the reference path); ``"blockwise"`` visits only
+        the query/key tiles the mask allows
+        (:mod:`tracerl_jax.blockwise_attention`; on a TPU backend it routes to
+        Pallas splash attention); ``"splash"`` requires splash (TPU). Same
+        results up to float rounding. Cached (sampler) forwards are dense.
+      attention_q_tile, attention_k_tile: query/key tile lengths of the
+        blockwise path (``attention_k_tile`` is splash's block size). A
+        multiple of the block size skips block structure cleanly.
       mask_token_id, pad_token_id, eos_token_id: special ids (``None`` if
         unknown; read them from the tokenizer where the checkpoint lacks them).
       model_type: one of ``SUPPORTED_MODEL_TYPES`` (written back to
@@ -132,6 +143,9 @@ class ModelConfig:
     eos_token_id: Optional[int] = None
     model_type: str = "sdar"
     tokenizer_vocab_size: Optional[int] = None
+    attention_impl: str = "dense"
+    attention_q_tile: int = 128
+    attention_k_tile: int = 128
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -139,8 +153,10 @@ class ModelConfig:
         for name, default in FAMILY_LAYOUT[self.family].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+                     "num_kv_heads", "head_dim", "max_position_embeddings", "attention_q_tile", "attention_k_tile"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")

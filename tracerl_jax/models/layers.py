@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from tracerl_jax.attention import dot_product_attention
+from tracerl_jax.attention import MaskInfo, dot_product_attention, self_attention
 from tracerl_jax.models.config import ModelConfig
 
 # HF's initializer_range for Qwen3/SDAR; only matters for fresh (untrained) models.
@@ -88,10 +88,13 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.params_dtype)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, cfg.params_dtype)
         self.qk_norm = cfg.qk_norm
+        self.attention_impl = cfg.attention_impl
+        self.tiles = (cfg.attention_q_tile, cfg.attention_k_tile)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask,
                  past_k: Optional[jax.Array] = None, past_v: Optional[jax.Array] = None):
-        """Args: x ``[B, Q, d]``; cos/sin ``[B, Q, D/2]``; mask bool ``[B, 1|H, Q, K]``;
+        """Args: x ``[B, Q, d]``; cos/sin ``[B, Q, D/2]``; mask bool ``[B, 1|H, Q, K]``, or
+        the queries' ``MaskInfo`` (no past K/V: self-attention by ``config.attention_impl``);
         past_k/past_v ``[B, T, Hkv, D]`` or None (then ``K = Q``, else ``K = T + Q``).
 
         Returns: ``(out [B, Q, d], k [B, Q, Hkv, D], v [B, Q, Hkv, D])`` where
@@ -108,7 +111,13 @@ class Attention(nnx.Module):
         if past_k is not None:
             keys = jnp.concatenate([past_k.astype(k.dtype), k], axis=1)
             values = jnp.concatenate([past_v.astype(v.dtype), v], axis=1)
-        out = dot_product_attention(q, keys, values, mask)
+        if isinstance(mask, MaskInfo):
+            if past_k is not None:
+                raise ValueError("a MaskInfo mask is for self-attention without past K/V")
+            out = self_attention(q, k, v, mask, implementation=self.attention_impl, q_tile=self.tiles[0],
+                                 k_tile=self.tiles[1])
+        else:
+            out = dot_product_attention(q, keys, values, mask)
         return self.o_proj(out.reshape(B, Q, self.num_heads * self.head_dim)), k, v
 
 

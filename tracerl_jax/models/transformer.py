@@ -94,7 +94,9 @@ class Transformer(nnx.Module):
         if dense_mask is not None:
             mask = dense_mask
         elif cache is None:
-            mask = attn.dense_mask(mask_info, mask_info)
+            # Dense: one [B, 1, Q, Q] mask shared by the layers; otherwise each layer's attention
+            # reads the compact MaskInfo (config.attention_impl).
+            mask = attn.dense_mask(mask_info, mask_info) if cfg.attention_impl == "dense" else mask_info
         else:
             mask = attn.dense_mask(mask_info, cache.info.concat(mask_info), q_offset=cache.max_len)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
@@ -157,7 +159,8 @@ def forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mask_info
     """Pure forward pass of a :class:`Transformer`.
 
     Without a cache the keys are the queries themselves, masked by
-    ``dense_mask(mask_info, mask_info)``. With a cache the keys are the ``T``
+    ``dense_mask(mask_info, mask_info)`` (computed densely or tile by tile as
+    ``config.attention_impl`` says). With a cache the keys are the ``T``
     cache slots followed by the ``Q`` new tokens, masked by
     ``dense_mask(mask_info, cache.info.concat(mask_info), q_offset=T)``.
 
