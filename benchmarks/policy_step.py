@@ -70,6 +70,7 @@ Usage::
 
     nice -n 10 python benchmarks/policy_step.py
     nice -n 10 python benchmarks/policy_step.py --l1 1024 --grad-accum 4
+    nice -n 10 python benchmarks/policy_step.py --attention both    # + the step with blockwise attention
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=120.0,
                    help="stop steady rounds once this much time is spent (>= 2 rounds)")
     p.add_argument("--no-forward", action="store_true", help="skip the forward-only timing")
+    p.add_argument("--attention", choices=("dense", "blockwise", "both"), default="dense",
+                   help="model attention_impl for every step; 'both' adds a blockwise policy step beside the dense one")
+    p.add_argument("--attention-tiles", default="64x64", help="blockwise q_tile x k_tile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/policy_step.json)")
     args = p.parse_args(argv)
@@ -189,6 +193,10 @@ def main(argv=None):
     tok = load_tokenizer("tasks")
     cfg = tj.get_preset(args.preset).replace(vocab_size=tok.vocab_size, mask_token_id=tok.mask_id,
                                              pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
+    q_tile, k_tile = (int(x) for x in args.attention_tiles.lower().split("x"))
+    bw_cfg = cfg.replace(attention_impl="blockwise", attention_q_tile=q_tile, attention_k_tile=k_tile)
+    if args.attention == "blockwise":
+        cfg = bw_cfg
     graphdef, params = tj.split_model(tj.init_model(cfg, seed=args.seed))
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
     n_layer_params = int(sum(x.size for x in jax.tree.leaves(params["layers"])))
@@ -233,6 +241,10 @@ def main(argv=None):
     }
     if not args.no_forward:
         calls["policy_forward"] = lambda: forward_only(params, rows, R // GA)
+    if args.attention == "both":  # same params, blockwise attention (the graphdef carries attention_impl)
+        bw_graphdef, _ = tj.split_model(tj.init_model(bw_cfg, seed=args.seed))
+        bw_step = make_policy_step(bw_graphdef, opt, PolicyLossConfig())
+        calls["policy_step_blockwise"] = lambda: bw_step(state, batch, 1e-5)
     first, steady, cpu = {}, {k: [] for k in calls}, {k: [] for k in calls}
     mm_reps = 1
     for k, fn in calls.items():
@@ -299,6 +311,13 @@ def main(argv=None):
             model_flops=f_forward, flops_per_s=f_forward / t["policy_forward"],
             mfu=f_forward / t["policy_forward"] / peak, vs_plain=t["policy_forward"] / t["plain_step"],
             mask_allowed=allowed_policy))
+    if "policy_step_blockwise" in t:
+        tb = t["policy_step_blockwise"]
+        results.append(dict(
+            name="policy_step_blockwise", what=f"the policy step with blockwise attention ({args.attention_tiles})",
+            steady_s=tb, first_s=first["policy_step_blockwise"], response_tokens_per_s=trained / tb,
+            positions_per_s=positions / tb, model_flops=f_policy, flops_per_s=f_policy / tb,
+            mfu=f_policy / tb / peak, vs_plain=tb / t["plain_step"], mask_allowed=allowed_policy))
     results.append(dict(name="matmul", what=f"{mm_reps} x fp32 jnp.dot {n}x{n}x{n} (peak)", steady_s=t["matmul"],
                         first_s=first["matmul"], response_tokens_per_s=None, positions_per_s=None,
                         model_flops=2.0 * n ** 3 * mm_reps, flops_per_s=peak, mfu=1.0, vs_plain=None, mask_allowed=None))
@@ -334,6 +353,9 @@ def main(argv=None):
           f"({results[0]['mfu_cpu']:.3f} of {peak_cpu / 1e9:.1f} GFLOP per CPU-second)")
     print(f"extended layout vs plain step on [R, L0+L1]: {t['policy_step'] / t['plain_step_L0+L1']:.2f}x wall "
           f"({tc['policy_step'] / tc['plain_step_L0+L1']:.2f}x CPU time)")
+    if "policy_step_blockwise" in t:
+        print(f"policy step blockwise / dense attention = {t['policy_step_blockwise'] / t['policy_step']:.2f}x wall "
+              f"({tc['policy_step_blockwise'] / tc['policy_step']:.2f}x CPU time)")
     load = meter.summary()
     note = common.load_note(env, load)
     print(note)
@@ -348,7 +370,8 @@ def main(argv=None):
             "positions_per_s": "R * (L0 + 2*L1) per update / step time",
             "model_flops": "6*P_layers*R*N + 6*d*V*R*N_head + 12*layers*H*D*R*N^2 (N_head = L1 policy, N-1 plain; "
                            "forward only = 1/3 of the policy figure)",
-            "mfu": "model_flops / steady time / fp32 matmul FLOP/s measured in the same run",
+            "mfu": "model_flops / steady time / fp32 matmul FLOP/s measured in the same run (blockwise rows: the "
+                   "same dense-attention FLOP count, so the figure is comparable, not the work done)",
             "vs_plain": "steady time / plain_step steady time",
             "vs_plain_cpu, mfu_cpu": "the same with process CPU seconds instead of wall seconds (robust to other jobs "
                                      "time-slicing the CPU)",
