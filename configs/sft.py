@@ -40,6 +40,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.model.tie_word_embeddings = config_dict.placeholder(bool)  # share embedding and LM head
     c.model.dtype = config_dict.placeholder(str)  # compute dtype: float32 | bfloat16
     c.model.remat = config_dict.placeholder(bool)  # rematerialise layers in the backward pass
+    c.model.attention_impl = config_dict.placeholder(str)  # dense (None) | blockwise (skips masked tiles) | splash (TPU)
 
     # --- lengths -----------------------------------------------------------
     c.block_size = 4  # b: training mask blocks and sampler blocks (TraDo default)

@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.init = "shipped:arith_sft"  # "shipped:<name>", an HF directory, an Orbax SFT dir, or "random:<preset>"
     c.model.remat = False           # rematerialise each layer in the backward pass
+    c.model.attention_impl = "dense"  # training attention: dense | blockwise (skips masked tiles) | splash (TPU)
 
     # ---- rollout (ALGORITHMS.md §1, §11.2 rollout.*) ----------------------------------------
     c.rollout = ml_collections.ConfigDict()

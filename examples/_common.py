@@ -34,7 +34,8 @@ CONFIG_DIR = REPO_ROOT / "configs"
 
 # ModelConfig fields that a config's ``model`` section may override (None = keep the preset's).
 MODEL_OVERRIDES = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                   "max_position_embeddings", "tie_word_embeddings", "dtype", "param_dtype", "remat")
+                   "max_position_embeddings", "tie_word_embeddings", "dtype", "param_dtype", "remat",
+                   "attention_impl")
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:

@@ -148,10 +148,10 @@ def load_policy(cfg: ml_collections.ConfigDict, tokenizer):
     if spec.startswith("random:"):
         mcfg = get_preset(spec.split(":", 1)[1]).replace(
             vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, pad_token_id=tokenizer.pad_id,
-            eos_token_id=tokenizer.eos_id, remat=cfg.model.remat)
+            eos_token_id=tokenizer.eos_id, remat=cfg.model.remat, attention_impl=cfg.model.attention_impl)
         return mcfg, init_model(mcfg, seed=cfg.seed)
     path = shipped_checkpoint(spec.split(":", 1)[1]) if spec.startswith("shipped:") else Path(spec)
-    mcfg, model = load_hf_checkpoint(path, remat=cfg.model.remat)
+    mcfg, model = load_hf_checkpoint(path, remat=cfg.model.remat, attention_impl=cfg.model.attention_impl)
     if mcfg.vocab_size < tokenizer.vocab_size or mcfg.mask_token_id != tokenizer.mask_id:
         raise ValueError(f"checkpoint {path} (vocab {mcfg.vocab_size}, mask {mcfg.mask_token_id}) does not match "
                          f"the tokenizer (vocab {tokenizer.vocab_size}, mask {tokenizer.mask_id})")
