@@ -245,7 +245,7 @@ def dot_product_attention(
 
 
 def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, info: MaskInfo, *, implementation: str = "dense",
-                   q_tile: int = 128, k_tile: int = 128) -> jax.Array:
+                   q_tile: int = 64, k_tile: int = 64) -> jax.Array:
     """Self-attention (no KV cache) under the mask of ``info``, by the chosen implementation.
 
     All implementations compute the same function (``dense_mask(info, info)``
@@ -256,7 +256,7 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, info: MaskInfo, *, 
       (:func:`tracerl_jax.blockwise_attention.blockwise_attention`), or on a
       TPU backend with splash importable, splash attention;
     * ``"splash"``: :func:`tracerl_jax.splash_attention.splash_attention`
-      (TPU only; block size ``k_tile``).
+      (TPU only; block ``k_tile`` rounded up to a multiple of 128).
 
     Args:
       q: ``[B, L, H, D]``; k, v: ``[B, L, Hkv, D]``.
@@ -272,7 +272,7 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, info: MaskInfo, *, 
     from tracerl_jax import splash_attention as splash
 
     if implementation == "splash" or (implementation == "blockwise" and splash.splash_available()):
-        return splash.splash_attention(q, k, v, info, block=k_tile)
+        return splash.splash_attention(q, k, v, info, block=-(-k_tile // 128) * 128)
     if implementation == "blockwise":
         from tracerl_jax.blockwise_attention import blockwise_attention
 

@@ -45,7 +45,7 @@ the sequence length (it is padded with invalid keys).
 Example::
 
     info = extended_info(prompt_valid, L1, block_size)          # [B, N] fields
-    out = blockwise_attention(q, k, v, info, q_tile=128, k_tile=128)
+    out = blockwise_attention(q, k, v, info, q_tile=64, k_tile=64)
     # == dot_product_attention(q, k, v, dense_mask(info, info)) up to rounding
 """
 
@@ -64,8 +64,9 @@ from tracerl_jax.attention import NEG_INF, MaskInfo, allowed
 # Block-id sentinels for "no such position in this tile" (real block ids are small).
 _BIG = np.int32(2 ** 30)
 
-DEFAULT_Q_TILE = 128
-DEFAULT_K_TILE = 128
+# Chosen on a 2-core CPU (benchmarks/attention.py: 64x64 beat 32x32 and 128x128 at L1 = 256 and 1024).
+DEFAULT_Q_TILE = 64
+DEFAULT_K_TILE = 64
 
 
 class TileSchedule(NamedTuple):

@@ -113,7 +113,8 @@ class ModelConfig:
         Pallas splash attention); ``"splash"`` requires splash (TPU). Same
         results up to float rounding. Cached (sampler) forwards are dense.
       attention_q_tile, attention_k_tile: query/key tile lengths of the
-        blockwise path (``attention_k_tile`` is splash's block size). A
+        blockwise path (defaults measured best on CPU; splash uses
+        ``attention_k_tile`` rounded up to a multiple of 128 as its block). A
         multiple of the block size skips block structure cleanly.
       mask_token_id, pad_token_id, eos_token_id: special ids (``None`` if
         unknown; read them from the tokenizer where the checkpoint lacks them).
@@ -144,8 +145,8 @@ class ModelConfig:
     model_type: str = "sdar"
     tokenizer_vocab_size: Optional[int] = None
     attention_impl: str = "dense"
-    attention_q_tile: int = 128
-    attention_k_tile: int = 128
+    attention_q_tile: int = 64
+    attention_k_tile: int = 64
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
