@@ -4,7 +4,9 @@
   explicit ``head_dim``), QK-norm, no biases.
 * ``llada``/``mmada``: OLMo names (``d_model``, ``n_heads``, ``n_kv_heads``,
   ``n_layers``, ``mlp_hidden_size``, ``embedding_size``, ``max_sequence_length``,
-  ``weight_tying``, ``include_bias``, ``include_qkv_bias``, ...). Only the
+  ``weight_tying``, ``include_bias``, ``include_qkv_bias``, ...); MMaDA adds
+  ``llm_vocab_size`` (the text ids; the embedding rows after them are image
+  codes) and multimodal fields the text model ignores. Only the
   "llama" block with RMSNorm, SiLU gating and RoPE is implemented; every other
   OLMo switch is rejected by name. Several of these switches default to a
   *different* architecture in the OLMo config class (``block_type``
@@ -293,9 +295,17 @@ def _read_llada(hf: Mapping[str, Any], model_type: str) -> dict:
     rows = vocab if emb is None else emb
     if emb is not None and isinstance(emb, int) and isinstance(vocab, int) and emb < vocab:
         raise ValueError(f"config.json embedding_size ({emb}) must be >= vocab_size ({vocab})")
+    text_vocab = vocab
+    if model_type == "mmada" and hf.get("llm_vocab_size") is not None:
+        # MMaDA's embedding holds the LLaDA text vocabulary (llm_vocab_size) followed by image
+        # codes (codebook_size, new_vocab_size rows in all); only the text ids come from the tokenizer.
+        text_vocab = hf["llm_vocab_size"]
+        if not isinstance(text_vocab, int) or isinstance(text_vocab, bool) or not 0 < text_vocab <= rows:
+            raise ValueError(f"config.json llm_vocab_size must be an int in (0, embedding rows {rows}], "
+                             f"got {text_vocab!r}")
     return dict(
         vocab_size=rows,
-        tokenizer_vocab_size=vocab if rows != vocab else None,
+        tokenizer_vocab_size=text_vocab if rows != text_vocab else None,
         hidden_size=d_model,
         intermediate_size=mlp,
         num_layers=_need(hf, "n_layers"),
@@ -317,6 +327,13 @@ def _write_llada(cfg) -> dict:
     if cfg.head_dim * cfg.num_heads != cfg.hidden_size:
         raise ValueError(f"to_hf_config: head_dim={cfg.head_dim} cannot be expressed in a LLaDA config "
                          f"(d_model / n_heads = {cfg.hidden_size / cfg.num_heads})")
+    out = _llada_fields(cfg)
+    if cfg.model_type == "mmada" and cfg.tokenizer_vocab_size is not None:
+        out["llm_vocab_size"] = cfg.tokenizer_vocab_size  # MMaDA's name for the text vocabulary
+    return out
+
+
+def _llada_fields(cfg) -> dict:
     return {
         "d_model": cfg.hidden_size,
         "n_heads": cfg.num_heads,

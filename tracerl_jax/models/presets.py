@@ -34,10 +34,15 @@ against the checkpoint's own config.json):
   config eos 151643 (§12.3), as config.json has them. The chat EOS of the
   rollouts is ``<|im_end|>`` 151645: read it from the tokenizer.
 * DiffuCoder-7B: Dream architecture adapted from Qwen2.5-Coder-7B, which has
-  the Qwen2.5-7B shape above; mask 151666; its tokenizer pads with
-  ``<|dlm_pad|>`` 151667 while config.json says 151643 (public checkpoint
-  registries note the difference). ``max_position_embeddings`` 32768 is
-  Qwen2.5-Coder's [UNSURE].
+  the Qwen2.5-7B shape above. ``apple/DiffuCoder-7B-Instruct/config.json``
+  (``model_type`` "Dream", ``DreamModel``): ``max_position_embeddings``
+  131072 (not Qwen2.5-Coder-7B's 32768), ``rope_theta`` 1e6,
+  ``rope_scaling`` null, ``use_sliding_window`` false, ``use_mrope`` false,
+  mask 151666, bos/eos/pad 151643. Verified; the Base checkpoint's
+  config.json (same size, same architecture) was not read [UNSURE]. Its
+  tokenizer pads with ``<|dlm_pad|>`` 151667 while config.json says 151643
+  (public checkpoint registries note the difference); the preset keeps the
+  tokenizer's pad.
 """
 
 from __future__ import annotations
@@ -109,7 +114,7 @@ def _presets() -> dict:
             pad_token_id=LLADA_EOS_ID, eos_token_id=LLADA_EOS_ID, model_type="llada"),
         # Dream: Qwen2 layout with q/k/v biases; logits at i score token i+1.
         "dream-7b": _dream(131072, QWEN_PAD_ID),
-        "diffucoder-7b": _dream(32768, 151667),
+        "diffucoder-7b": _dream(131072, 151667),
     }
 
 
