@@ -26,3 +26,24 @@ def test_sampler_zero_recompiles_for_ragged_prompts_in_one_bucket():
             jax.block_until_ready(sample(params, ids, valid, rng=jax.random.key(i + 1)))
     assert cc.count == 0
     assert len({int(v.sum()) for _, vs in batches for v in vs}) > 3  # the prompts really are ragged
+
+
+def test_rl_iterations_zero_recompiles_after_warmup():
+    """Whole TraceRL iterations (rollout, rewards, rows, packing, old log-probs, policy updates) with
+    ragged prompts, ragged responses and a varying number of rows and updates compile nothing new
+    once warmed up (the loop of ``benchmarks/recompiles.py`` on a tiny random model)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import recompiles
+
+    run = recompiles.build("random:tiny", num_prompts=4, k=4, prompt_len=24, gen_length=16, block_size=4,
+                           batch_rows=16, grad_accum=2, lr=1e-4, seed=0, eos_rate=0.1)
+    recompiles.count_iterations(run, 1, 2)  # warm-up: compiles the sampler, row builder, steps
+    steady = recompiles.count_iterations(run, 3, 3)
+    assert [r["compiles"] for r in steady] == [0] * 3, [r["compiled"] for r in steady]
+    # ... while the data really is ragged
+    assert len({t for r in steady for t in r["prompt_tokens"]}) > 2
+    assert min(r["response_lengths"][0] for r in steady) < max(r["response_lengths"][1] for r in steady)
+    assert len({r["rows"] for r in steady}) > 1 and max(r["num_batches"] for r in steady) > 0
