@@ -76,21 +76,26 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 from functools import partial
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tracerl_jax as tj
-from tracerl_jax.attention import causal_info, dense_mask, full_info
-from tracerl_jax.tokenizers import load_tokenizer
-from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer
-from tracerl_jax.train.step import init_train_state, to_microbatches
-from tracerl_jax.train.steps import PolicyLossConfig, batch_scalars, make_policy_step, old_logprobs
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
-import _common as common
+import tracerl_jax as tj  # noqa: E402
+from tracerl_jax.attention import causal_info, dense_mask, full_info  # noqa: E402
+from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
+from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
+from tracerl_jax.train.step import init_train_state, to_microbatches  # noqa: E402
+from tracerl_jax.train.steps import PolicyLossConfig, batch_scalars, make_policy_step, old_logprobs  # noqa: E402
+
+import _common as common  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -113,6 +118,10 @@ def parse_args(argv=None):
     p.add_argument("--attention", choices=("dense", "blockwise", "both"), default="dense",
                    help="model attention_impl for every step; 'both' adds a blockwise policy step beside the dense one")
     p.add_argument("--attention-tiles", default="64x64", help="blockwise q_tile x k_tile")
+    p.add_argument("--no-peer", action="store_true", help="skip the PyTorch eager peer (benchmarks/torch_peer.py)")
+    p.add_argument("--peer-attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention of the peer")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch intra-op threads (0: the cores this process may use, as XLA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/policy_step.json)")
     args = p.parse_args(argv)
@@ -241,15 +250,42 @@ def main(argv=None):
     }
     if not args.no_forward:
         calls["policy_forward"] = lambda: forward_only(params, rows, R // GA)
+    if not args.no_peer:
+        # The same weights in a transformers Qwen3, the same rows, the same loss, torch AdamW.
+        import torch_peer
+
+        env["torch_threads"] = torch_peer.set_threads(args.torch_threads or None)
+        env["torch"] = torch_peer.torch.__version__
+        env["transformers"] = torch_peer.transformers.__version__
+        env["peer_attention"] = args.peer_attn
+        tmp = tempfile.TemporaryDirectory()
+        peer_model = torch_peer.load_model(torch_peer.export_weights(params, cfg, Path(tmp.name)), attn=args.peer_attn)
+        peer_step = torch_peer.PeerPolicyStep(peer_model, lr=1e-5)
+        micros = torch_peer.rows_to_torch(rows, logp_old, adv, grad_accum=GA, L1_ref=L1)
+
+        def peer_policy_step():
+            peer_step.reset()  # every round from the same weights and a fresh AdamW, as ours
+            return peer_step(micros)
+
+        calls["peer_policy_step"] = peer_policy_step
+        if not args.no_forward:
+            calls["peer_policy_forward"] = lambda: torch_peer.peer_old_logprobs(peer_model, micros)
     if args.attention == "both":  # same params, blockwise attention (the graphdef carries attention_impl)
         bw_graphdef, _ = tj.split_model(tj.init_model(bw_cfg, seed=args.seed))
         bw_step = make_policy_step(bw_graphdef, opt, PolicyLossConfig())
         calls["policy_step_blockwise"] = lambda: bw_step(state, batch, 1e-5)
-    first, steady, cpu = {}, {k: [] for k in calls}, {k: [] for k in calls}
+    first, steady, cpu, outs = {}, {k: [] for k in calls}, {k: [] for k in calls}, {}
     mm_reps = 1
     for k, fn in calls.items():
-        _, first[k], _ = common.timed(fn)
+        outs[k], first[k], _ = common.timed(fn)
         print(f"  first call {k:<15} {first[k]:8.2f}s", flush=True)
+    same = None
+    if "peer_policy_step" in calls:  # the peer computes the same update (tests/test_torch_peer.py checks it too)
+        ours_m, peer_m = outs["policy_step"][1], outs["peer_policy_step"]
+        same = dict(loss_ours=float(ours_m["loss"]), loss_peer=peer_m["loss"],
+                    grad_norm_ours=float(ours_m["grad_norm"]), grad_norm_peer=peer_m["grad_norm"])
+        print(f"  same update: loss ours {same['loss_ours']:.6g} peer {same['loss_peer']:.6g}; grad norm ours "
+              f"{same['grad_norm_ours']:.6g} peer {same['grad_norm_peer']:.6g}", flush=True)
     # Size the matmul call to last about one policy step (k is traced: no recompile).
     _, t_step, _ = common.timed(calls["policy_step"])
     _, t_dot, _ = common.timed(calls["matmul"])
@@ -318,6 +354,23 @@ def main(argv=None):
             steady_s=tb, first_s=first["policy_step_blockwise"], response_tokens_per_s=trained / tb,
             positions_per_s=positions / tb, model_flops=f_policy, flops_per_s=f_policy / tb,
             mfu=f_policy / tb / peak, vs_plain=tb / t["plain_step"], mask_allowed=allowed_policy))
+    if "peer_policy_step" in t:
+        results.append(dict(
+            name="peer_policy_step", what=f"PyTorch eager peer: same update (transformers Qwen3, {args.peer_attn}, "
+                                        f"torch AdamW, {env['torch_threads']} threads)",
+            steady_s=t["peer_policy_step"], first_s=first["peer_policy_step"],
+            response_tokens_per_s=trained / t["peer_policy_step"], positions_per_s=positions / t["peer_policy_step"],
+            model_flops=f_policy, flops_per_s=f_policy / t["peer_policy_step"],
+            mfu=f_policy / t["peer_policy_step"] / peak, vs_plain=t["peer_policy_step"] / t["plain_step"],
+            mask_allowed=allowed_policy))
+    if "peer_policy_forward" in t:
+        results.append(dict(
+            name="peer_policy_forward", what="PyTorch eager peer: trajectory log-probs, forward only (no_grad)",
+            steady_s=t["peer_policy_forward"], first_s=first["peer_policy_forward"],
+            response_tokens_per_s=trained / t["peer_policy_forward"],
+            positions_per_s=positions / t["peer_policy_forward"], model_flops=f_forward,
+            flops_per_s=f_forward / t["peer_policy_forward"], mfu=f_forward / t["peer_policy_forward"] / peak,
+            vs_plain=t["peer_policy_forward"] / t["plain_step"], mask_allowed=allowed_policy))
     results.append(dict(name="matmul", what=f"{mm_reps} x fp32 jnp.dot {n}x{n}x{n} (peak)", steady_s=t["matmul"],
                         first_s=first["matmul"], response_tokens_per_s=None, positions_per_s=None,
                         model_flops=2.0 * n ** 3 * mm_reps, flops_per_s=peak, mfu=1.0, vs_plain=None, mask_allowed=None))
@@ -356,11 +409,30 @@ def main(argv=None):
     if "policy_step_blockwise" in t:
         print(f"policy step blockwise / dense attention = {t['policy_step_blockwise'] / t['policy_step']:.2f}x wall "
               f"({tc['policy_step_blockwise'] / tc['policy_step']:.2f}x CPU time)")
+    vs_peer, targets = {}, {}
+    if "peer_policy_step" in t:
+        vs_peer = dict(step_speedup=t["peer_policy_step"] / t["policy_step"],
+                       step_speedup_cpu=tc["peer_policy_step"] / tc["policy_step"])
+        if "peer_policy_forward" in t:
+            vs_peer.update(forward_speedup=t["peer_policy_forward"] / t["policy_forward"],
+                           forward_speedup_cpu=tc["peer_policy_forward"] / tc["policy_forward"])
+        print(f"ours vs PyTorch eager peer ({env['torch_threads']} torch threads, {args.peer_attn}): policy step "
+              f"{vs_peer['step_speedup']:.2f}x faster wall ({vs_peer['step_speedup_cpu']:.2f}x CPU time)"
+              + (f"; forward only {vs_peer['forward_speedup']:.2f}x wall ({vs_peer['forward_speedup_cpu']:.2f}x CPU)"
+                 if "forward_speedup" in vs_peer else ""))
+        targets["policy_step_over_peer"] = dict(value=vs_peer["step_speedup"], cpu_value=vs_peer["step_speedup_cpu"],
+                                                target=1.5, met=vs_peer["step_speedup"] >= 1.5)
+    targets["policy_step_mfu"] = dict(value=results[0]["mfu"], cpu_value=results[0]["mfu_cpu"], target=0.5,
+                                      met=results[0]["mfu"] >= 0.5)
+    for k, v in targets.items():
+        print(f"target {k}: {v['value']:.3f} (CPU time: {v['cpu_value']:.3f}), target >= {v['target']:g}: "
+              f"{'MET' if v['met'] else 'NOT MET'}")
     load = meter.summary()
     note = common.load_note(env, load)
     print(note)
     common.write_json("policy_step", dict(
-        benchmark="policy_step", args=vars(args), env=env, load=load, load_note=note,
+        benchmark="policy_step", args=vars(args), env=env, load=load, load_note=note, vs_peer=vs_peer,
+        targets=targets, same_update=same,
         model=dict(preset=args.preset, params=n_params, layer_params=n_layer_params, hidden=cfg.hidden_size,
                    vocab=cfg.vocab_size, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim),
         work=dict(rows=R, L0=L0, L1=L1, N=N, grad_accum=GA, response_tokens_trained=trained,

@@ -71,18 +71,25 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
+import time
 from importlib import resources
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tracerl_jax as tj
-from tracerl_jax.attention import MaskInfo, generation_info
-from tracerl_jax.models import cache_init_fn, make_cache, sampler_forward_fn
-from tracerl_jax.tokenizers import load_tokenizer
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
-import _common as common
+import tracerl_jax as tj  # noqa: E402
+from tracerl_jax.attention import MaskInfo, generation_info  # noqa: E402
+from tracerl_jax.models import cache_init_fn, make_cache, sampler_forward_fn  # noqa: E402
+from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
+
+import _common as common  # noqa: E402
 
 VARIANTS = {
     "static": dict(strategy="low_confidence_static"),
@@ -110,10 +117,19 @@ def parse_args(argv=None):
     p.add_argument("--forward-loop-batches", default="1,32",
                    help="batch sizes at which the model forwards are also timed alone (the 'fwd share' "
                         "column; costs about one more sampler call per round); '' for none")
+    p.add_argument("--peer-variants", default="static,dynamic",
+                   help="variants also run by the PyTorch eager peer (benchmarks/torch_peer.py); '' for none")
+    p.add_argument("--peer-batches", default="1,8,32,128", help="batch sizes at which the peer runs")
+    p.add_argument("--peer-attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention of the peer")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch intra-op threads (0: the cores this process may use, as XLA)")
+    p.add_argument("--peer-1thread-batches", default="1",
+                   help="batch sizes at which the peer also runs with 1 torch thread ('peer1t_*' rows): on a "
+                        "busy machine OpenMP threads that wait for each other can make small ops much slower")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sampler.json)")
     args = p.parse_args(argv)
-    unknown = set(common.parse_strs(args.variants)) - set(VARIANTS)
+    unknown = set(common.parse_strs(args.variants) + common.parse_strs(args.peer_variants)) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}; expected some of {list(VARIANTS)}")
     return args
@@ -182,13 +198,21 @@ def make_forward_loop(graphdef, cfg, B: int, prompt_len: int, gen_length: int, b
 
 
 def run_case(label: str, graphdef, params, cfg, samplers: dict, prompts, valid, args, *, forward_loop: bool,
-             extra: dict) -> list[dict]:
-    """Times every sampler of ``samplers`` on one batch, side by side; returns one result per sampler."""
+             extra: dict, peers: dict | None = None) -> list[dict]:
+    """Times every sampler of ``samplers`` (and ``peers``) on one batch, side by side.
+
+    ``samplers``: our jitted samplers, called ``fn(params, prompts, valid, rng=...)``; ``peers``: the
+    PyTorch peer's, called ``fn(prompts, valid, seed)``. Every round calls each of them once, ours
+    first. Returns one result per sampler.
+    """
     B = prompts.shape[0]
-    names = list(samplers)
+    peers = peers or {}
+    calls = {v: (lambda r, f=f: f(params, prompts, valid, rng=jax.random.key(r))) for v, f in samplers.items()}
+    calls.update({v: (lambda r, f=f: f(prompts, valid, r)) for v, f in peers.items()})
+    names = list(calls)
     first, wall, cpu, rollouts = {}, {v: [] for v in names}, {v: [] for v in names}, {}
     for v in names:
-        rollouts[v], first[v], _ = common.timed(samplers[v], params, prompts, valid, rng=jax.random.key(0))
+        rollouts[v], first[v], _ = common.timed(calls[v], 0)
     fl_n, fl_cpu = None, []
     if forward_loop:
         # as many block forwards as the first sampler ran (denoise + cache-save)
@@ -199,7 +223,7 @@ def run_case(label: str, graphdef, params, cfg, samplers: dict, prompts, valid, 
     spent, r = 0.0, 0
     while r < args.repeats and (r == 0 or spent < args.budget_s):
         for v in names:
-            rollouts[v], w, c = common.timed(samplers[v], params, prompts, valid, rng=jax.random.key(r + 1))
+            rollouts[v], w, c = common.timed(calls[v], r + 1)
             wall[v].append(w)
             cpu[v].append(c)
             spent += w
@@ -214,6 +238,8 @@ def run_case(label: str, graphdef, params, cfg, samplers: dict, prompts, valid, 
         ro = rollouts[v]
         sm = np.asarray(ro.step_map)
         fc = forward_counts(sm, args.block_size, args.prompt_len)
+        if v in peers:  # the peer counts its forwards itself: they must agree with the step map's
+            assert (ro.forwards["denoise"], ro.forwards["save"]) == (fc["denoise"], fc["save"]), (ro.forwards, fc)
         lengths = np.asarray(ro.lengths)
         gen = int(lengths.sum())  # completion tokens (EOS included); B * gen_length with ignore_eos
         per_row = gen / B
@@ -221,7 +247,8 @@ def run_case(label: str, graphdef, params, cfg, samplers: dict, prompts, valid, 
         t, c = common.median(wall[v]), common.median(cpu[v])
         committed = sm > 0
         res = dict(
-            preset=label, batch=B, variant=v, **extra[v], first_s=first[v], steady_s=t, steady_cpu_s=c,
+            preset=label, batch=B, variant=v, impl="peer" if v in peers else "ours", **extra[v], first_s=first[v],
+            steady_s=t, steady_cpu_s=c,
             steady_all_s=[round(x, 4) for x in wall[v]], steady_all_cpu_s=[round(x, 4) for x in cpu[v]],
             compile_s=first[v] - t, tokens_per_s=gen / t, tokens_per_cpu_s=gen / c, generated_tokens=gen,
             mean_length=float(lengths.mean()),
@@ -232,7 +259,7 @@ def run_case(label: str, graphdef, params, cfg, samplers: dict, prompts, valid, 
             tokens_per_forward=per_row / total_fwd, forwards_per_token=total_fwd / per_row,
             cpu_ms_per_forward=1e3 * c / total_fwd,
             mean_commit_confidence=float(np.asarray(ro.confidences)[committed].mean()),
-            model_forward_share=(fl_c * (fc["denoise"] + fc["save"]) / fl_n / c) if fl_c else None,
+            model_forward_share=(fl_c * (fc["denoise"] + fc["save"]) / fl_n / c) if fl_c and v not in peers else None,
             cpu_per_wall=sum(cpu[v]) / max(sum(wall[v]), 1e-9))
         out.append(res)
         print(f"  {label:>5} B={B:<4} {v:<18} first {first[v]:7.2f}s  steady {t:7.3f}s "
@@ -262,16 +289,40 @@ def main(argv=None):
     tok = load_tokenizer("tasks")
     variants = common.parse_strs(args.variants)
     fl_batches = set(common.parse_ints(args.forward_loop_batches))
+    peer_variants = common.parse_strs(args.peer_variants)
+    peer_batches = set(common.parse_ints(args.peer_batches))
+    peer1_batches = set(common.parse_ints(args.peer_1thread_batches))
+    if peer_variants:
+        import torch_peer
+
+        def peer_call(model, prompts, valid, scfg, seed, threads):
+            torch_peer.torch.set_num_threads(threads)
+            try:
+                return torch_peer.peer_sample(model, prompts, valid, scfg, seed)
+            finally:
+                torch_peer.torch.set_num_threads(env["torch_threads"])
+
+        env["torch_threads"] = torch_peer.set_threads(args.torch_threads or None)
+        env["torch"] = torch_peer.torch.__version__
+        env["transformers"] = torch_peer.transformers.__version__
+        env["peer_attention"] = args.peer_attn
+        tmp = tempfile.TemporaryDirectory()
     results = []
     print(f"sampler benchmark: prompt {args.prompt_len}, gen {args.gen_length}, block {args.block_size}, "
           f"{args.steps_per_block} steps/block, threshold {args.threshold}; {env['cpu_model']}, "
           f"{env['cpu_count']} cores, loadavg {env['loadavg_start']}", flush=True)
 
-    def sampler_for(graphdef, cfg, ignore_eos: bool, **kw):
-        scfg = tj.BlockSamplerConfig(
+    def sampler_config(ignore_eos: bool, **kw):
+        return tj.BlockSamplerConfig(
             gen_length=args.gen_length, mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
             block_size=args.block_size, steps_per_block=args.steps_per_block, threshold=args.threshold,
             ignore_eos=ignore_eos, **kw)
+
+    def extra_for(v):
+        return dict(strategy=VARIANTS[v]["strategy"], top_k=VARIANTS[v].get("top_k", 0))
+
+    def sampler_for(graphdef, cfg, ignore_eos: bool, **kw):
+        scfg = sampler_config(ignore_eos, **kw)
         return tj.make_block_sampler(sampler_forward_fn(graphdef), cache_init_fn(cfg), scfg,
                                      vocab_size=cfg.vocab_size, max_positions=cfg.max_position_embeddings)
 
@@ -284,13 +335,26 @@ def main(argv=None):
         samplers = {v: sampler_for(graphdef, cfg, True, **VARIANTS[v]) for v in variants}
         extra = {v: dict(strategy=VARIANTS[v]["strategy"], top_k=VARIANTS[v].get("top_k", 0),
                          weights="random", ignore_eos=True) for v in variants}
+        peers = {}
+        if peer_variants:
+            # The same weights in a transformers Qwen3, and the same sampler settings.
+            model = torch_peer.load_model(torch_peer.export_weights(params, cfg, Path(tmp.name) / preset),
+                                          attn=args.peer_attn)
+            for v in peer_variants:
+                scfg = sampler_config(True, **VARIANTS[v])
+                for name, threads in ((f"peer_{v}", env["torch_threads"]), (f"peer1t_{v}", 1)):
+                    peers[name] = (lambda p, m, seed, scfg=scfg, threads=threads:
+                                   peer_call(model, p, m, scfg, seed, threads))
+                    extra[name] = dict(extra_for(v), weights="random", ignore_eos=True, torch_threads=threads)
         for B in common.parse_ints(args.batches):
             rng = np.random.default_rng(args.seed + B)
             # ids 5.. avoid the specials (pad 0, eos 1, mask 4, ...) of the tasks tokenizer
             prompts = rng.integers(5, tok.vocab_size, size=(B, args.prompt_len)).astype(np.int32)
             valid = np.ones_like(prompts, bool)
+            case_peers = {k: f for k, f in peers.items()
+                          if B in (peer1_batches if k.startswith("peer1t_") else peer_batches)}
             results += run_case(preset, graphdef, params, cfg, samplers, prompts, valid, args,
-                                forward_loop=B in fl_batches, extra=extra)
+                                forward_loop=B in fl_batches, extra=extra, peers=case_peers)
 
     trained_batches = common.parse_ints(args.trained_batches)
     if trained_batches:
@@ -309,7 +373,7 @@ def main(argv=None):
                                 forward_loop=False, extra=extra)
 
     print()
-    cols = [("preset", "preset", "{}"), ("batch", "B", "{}"), ("variant", "variant", "{}"),
+    cols = [("preset", "preset", "{}"), ("batch", "B", "{}"), ("variant", "variant", "{}"), ("impl", "impl", "{}"),
             ("tokens_per_s", "tok/s", "{:.1f}"), ("tokens_per_cpu_s", "tok/cpu-s", "{:.1f}"),
             ("steady_s", "steady s", "{:.3f}"), ("first_s", "first s", "{:.2f}"),
             ("mean_length", "len", "{:.1f}"), ("denoise_forwards", "denoise fwd", "{}"),
@@ -322,6 +386,8 @@ def main(argv=None):
     # Side-by-side ratios at each (preset, batch): dynamic variants vs static.
     ratios = []
     for r in results:
+        if r["impl"] == "peer":
+            continue
         base_name = "trained_static" if r["variant"].startswith("trained_") else "static"
         base = next((x for x in results if x["preset"] == r["preset"] and x["batch"] == r["batch"]
                      and x["variant"] == base_name), None)
@@ -337,11 +403,51 @@ def main(argv=None):
                                     ("speedup_vs_static", "tok/s ratio", "{:.2f}"),
                                     ("cpu_speedup_vs_static", "tok/cpu-s ratio", "{:.2f}"),
                                     ("forward_ratio", "forwards ratio", "{:.2f}")])
+    # Ours vs the PyTorch peer, same preset, batch and variant, timed in the same rounds.
+    vs_peer = []
+    for r in results:
+        if r["impl"] != "peer":
+            continue
+        o = next((x for x in results if x["preset"] == r["preset"] and x["batch"] == r["batch"]
+                  and x["variant"] == r["variant"].split("_", 1)[1]), None)
+        if o is not None:
+            vs_peer.append(dict(preset=r["preset"], batch=r["batch"], variant=o["variant"],
+                                torch_threads=r["torch_threads"],
+                                ours_tok_s=o["tokens_per_s"], peer_tok_s=r["tokens_per_s"],
+                                ratio=o["tokens_per_s"] / r["tokens_per_s"],
+                                cpu_ratio=o["tokens_per_cpu_s"] / r["tokens_per_cpu_s"],
+                                peer_first_s=r["first_s"], same_forwards=(o["denoise_forwards"], o["save_forwards"])
+                                == (r["denoise_forwards"], r["save_forwards"])))
+    targets = {}
+    if vs_peer:
+        print(f"\nours / PyTorch eager peer (transformers {env.get('transformers')}, {env.get('peer_attention')} "
+              f"attention, {env.get('torch_threads')} torch threads), same batch and variant, same rounds")
+        common.print_table(vs_peer, [("preset", "preset", "{}"), ("batch", "B", "{}"), ("variant", "variant", "{}"),
+                                     ("torch_threads", "torch threads", "{}"),
+                                     ("ours_tok_s", "ours tok/s", "{:.1f}"), ("peer_tok_s", "peer tok/s", "{:.1f}"),
+                                     ("ratio", "ours/peer tok/s", "{:.2f}"),
+                                     ("cpu_ratio", "ours/peer tok/cpu-s", "{:.2f}"),
+                                     ("same_forwards", "same forwards", "{}")])
+        # Judged against the faster peer configuration (the stronger baseline).
+        t = min((x for x in vs_peer if x["preset"] == "small" and x["batch"] == 1 and x["variant"] == "static"),
+                key=lambda x: x["ratio"], default=None)
+        if t is not None:
+            targets["small_B1_ours_over_peer_tok_s"] = dict(value=t["ratio"], cpu_value=t["cpu_ratio"], target=5.0,
+                                                            met=t["ratio"] >= 5.0, torch_threads=t["torch_threads"])
+    o1 = next((x for x in results if x["preset"] == "small" and x["batch"] == 1 and x["variant"] == "static"), None)
+    o32 = next((x for x in results if x["preset"] == "small" and x["batch"] == 32 and x["variant"] == "static"), None)
+    if o1 is not None and o32 is not None:
+        v = o32["tokens_per_s"] / o1["tokens_per_s"]
+        targets["small_B32_over_B1_tok_s"] = dict(value=v, cpu_value=o32["tokens_per_cpu_s"] / o1["tokens_per_cpu_s"],
+                                                  target=10.0, met=v >= 10.0)
+    for k, t in targets.items():
+        print(f"target {k}: {t['value']:.2f} (CPU time: {t['cpu_value']:.2f}), target >= {t['target']:g}: "
+              f"{'MET' if t['met'] else 'NOT MET'}")
     load = meter.summary()
     note = common.load_note(env, load)
     print("\n" + note)
     common.write_json("sampler", dict(
-        benchmark="sampler", args=vars(args), env=env, load=load, load_note=note,
+        benchmark="sampler", args=vars(args), env=env, load=load, load_note=note, vs_peer=vs_peer, targets=targets,
         definitions={
             "tokens_per_s": "generated tokens (all rows) / median steady wall time of one sampler call",
             "denoise_forwards": "batch-wide denoising forward passes (sum over blocks of the slowest row)",
