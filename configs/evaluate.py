@@ -7,10 +7,20 @@ Usage::
         --config.dtype=bfloat16
     python examples/evaluate.py --config=configs/evaluate.py:math500,static --config.checkpoint=...
     python examples/evaluate.py --config=configs/evaluate.py:smoke          # random tiny model, seconds
+    python examples/evaluate.py --config=configs/evaluate.py:math500,llada --config.checkpoint=/ckpt/LLaDA-8B-Instruct
+    python examples/evaluate.py --config=configs/evaluate.py:smoke --config.checkpoint=random:tiny-dream
 
 Variants after the colon: the data (``arithmetic`` (default), ``sudoku4``,
 ``countdown``, ``math500``, ``gsm8k``, ``smoke``), optionally followed by
-``,static`` for the reference's second evaluation setting.
+``,static`` for the reference's second evaluation setting, or ``,llada`` /
+``,dream`` for the full-attention reference evaluation (§11.3: temperature
+0.1, one token per step, blocks of 32 with a 512 / 1600-token canvas on
+MATH500/GSM8K; Dream adds top_p 0.95, top_k 40).
+
+The model family comes from the checkpoint: LLaDA/MMaDA and Dream/DiffuCoder
+checkpoints (or ``random:tiny-llada``, ...) use the full-attention sampler,
+with the full-attention knobs of ``config.sampler`` (block models reject
+them).
 
 Sampler settings are the reference evaluation's (ALGORITHMS.md §11.2,
 ``evaluation.*`` of ``configs/rl_trado.yaml``): block size 4, 4 denoising
@@ -24,6 +34,7 @@ tokens instead of 2000.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
@@ -58,7 +69,16 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.sampler.temperature = 1.0  # 0 = greedy (evaluation.temperature)
     c.sampler.top_k = 0  # 0 = off; the reference pairs top_k 1 with the static strategy
     c.sampler.top_p = 1.0  # 1.0 = off (evaluation.top_p)
-    c.sampler.compat = "recommended"  # recommended | reference (bit-for-bit reference quirks, §13.1)
+    c.sampler.compat = "recommended"  # recommended | reference (bit-for-bit reference quirks, §13.1, §13.2)
+    # full attention only (LLaDA / Dream, §2; block models reject other values); strategy
+    # low_confidence_dynamic is the threshold rule (>=) there
+    c.sampler.steps = config_dict.placeholder(int)  # total denoising steps (None: steps_per_block per block)
+    c.sampler.target = "confidence"  # selection score: confidence | margin_confidence | neg_entropy | random
+    c.sampler.alg_temp = 0.0  # > 0: static positions drawn from softmax(score / alg_temp) (Dream)
+    c.sampler.pad_target_penalty = 1.0  # a PAD candidate's score is divided by this (Dream; 1.0 = off)
+    c.sampler.early_stop = config_dict.placeholder(bool)  # stop a row after an all-PAD block (None: Dream yes)
+    c.sampler.use_cache = False  # prefix KV cache (Fast-dLLM, §2.2)
+    c.sampler.further_horizon = config_dict.placeholder(int)  # with use_cache: positions seen after the block
     c.think = False  # use the think prompt template (evaluation.start_with_think)
     c.num_samples = 3  # responses per problem (evaluation.num_response_per_task)
 
@@ -100,6 +120,16 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         if mod == "static":  # the reference's second evaluation pair
             c.sampler.strategy = "low_confidence_static"
             c.sampler.top_k = 1
+        elif mod in ("llada", "dream"):  # full-attention reference evaluation (§11.3)
+            c.sampler.strategy = "low_confidence_static"
+            c.sampler.temperature = 0.1
+            c.num_samples = 1
+            if data_name in ("math500", "gsm8k"):
+                c.sampler.block_size = 32
+                c.sampler.gen_length = 512 if mod == "llada" else 1600
+            c.sampler.steps_per_block = c.sampler.block_size  # steps = gen_length: one token per step
+            if mod == "dream":
+                c.sampler.top_p, c.sampler.top_k = 0.95, 40
         else:
-            raise ValueError(f"unknown variant modifier {mod!r}; expected 'static'")
+            raise ValueError(f"unknown variant modifier {mod!r}; expected 'static', 'llada' or 'dream'")
     return c

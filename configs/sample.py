@@ -13,10 +13,13 @@ Variants after the colon name the problems used when no prompts are given:
 ``gsm8k``; ``smoke`` is a random tiny model on two command-line-style
 prompts. The sampler settings are the reference evaluation's
 (ALGORITHMS.md §11.2; see configs/evaluate.py), so what you see is what the
-evaluation scores.
+evaluation scores. LLaDA/Dream checkpoints (``random:tiny-llada``, an HF
+LLaDA/Dream directory, ...) are sampled with the full-attention sampler and
+its knobs below.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
@@ -52,7 +55,16 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.sampler.temperature = 1.0  # 0 = greedy
     c.sampler.top_k = 0  # 0 = off
     c.sampler.top_p = 1.0  # 1.0 = off
-    c.sampler.compat = "recommended"  # recommended | reference (§13.1 quirks)
+    c.sampler.compat = "recommended"  # recommended | reference (§13.1, §13.2 quirks)
+    # full attention only (LLaDA / Dream checkpoints, §2; block models reject other values);
+    # strategy low_confidence_dynamic is the threshold rule (>=) there
+    c.sampler.steps = config_dict.placeholder(int)  # total denoising steps (None: steps_per_block per block)
+    c.sampler.target = "confidence"  # selection score: confidence | margin_confidence | neg_entropy | random
+    c.sampler.alg_temp = 0.0  # > 0: static positions drawn from softmax(score / alg_temp) (Dream)
+    c.sampler.pad_target_penalty = 1.0  # a PAD candidate's score is divided by this (Dream; 1.0 = off)
+    c.sampler.early_stop = config_dict.placeholder(bool)  # stop a row after an all-PAD block (None: Dream yes)
+    c.sampler.use_cache = False  # prefix KV cache (Fast-dLLM, §2.2)
+    c.sampler.further_horizon = config_dict.placeholder(int)  # with use_cache: positions seen after the block
     c.num_samples = 1  # completions per prompt
 
     # --- output ------------------------------------------------------------

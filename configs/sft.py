@@ -1,13 +1,17 @@
-"""Block SFT from scratch on a built-in task (examples/sft.py).
+"""SFT from scratch on a built-in task (examples/sft.py): block models, or LLaDA / Dream.
 
 Usage::
 
     python examples/sft.py --config=configs/sft.py
     python examples/sft.py --config=configs/sft.py --config.num_steps=500 --config.model.preset=small
     python examples/sft.py --config=configs/sft.py:smoke       # seconds; for tests
+    python examples/sft.py --config=configs/sft.py:llada       # full attention (configs/tracerl_full.py's warm start)
 
 Variants after the colon: ``arithmetic`` (default), ``sudoku4``,
-``countdown``, ``smoke`` (tiny model, a handful of steps).
+``countdown``, ``smoke`` (tiny model, a handful of steps), ``llada`` /
+``dream`` (a ``small-llada`` / ``small-dream`` model on arithmetic, §10.2).
+The model preset's family picks the SFT rows: ``model.preset=tiny-llada``
+(or ``small-dream``, ...) is all it takes to train a full-attention model.
 """
 
 import ml_collections
@@ -29,7 +33,8 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
 
     # --- model -----------------------------------------------------------
     c.model = ml_collections.ConfigDict()
-    c.model.preset = "tiny"  # tracerl_jax.models preset; vocab/special ids come from the tokenizer
+    # tracerl_jax.models preset (tiny-llada, small-dream, ...: full attention); vocab/ids from the tokenizer
+    c.model.preset = "tiny"
     c.model.hidden_size = config_dict.placeholder(int)  # None keeps the preset's value (all below too)
     c.model.intermediate_size = config_dict.placeholder(int)  # SwiGLU width
     c.model.num_layers = config_dict.placeholder(int)  # decoder layers
@@ -49,13 +54,18 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
 
     # --- SFT rows (ALGORITHMS.md §10.1) -------------------------------------
     c.sft = ml_collections.ConfigDict()
-    c.sft.method = "semi-ar"  # semi-ar: random in-block masks | trace: left-to-right rounds
-    c.sft.ratio = "block"  # semi-ar masking ratio: block [RECOMMENDED] | token [REF] | row
-    c.sft.lower_p = 0.1  # semi-ar masking threshold range
+    # block: semi-ar (random in-block masks) | trace (left-to-right rounds);
+    # full attention (§10.2): semi-ar (groups of block_size) | random_masking | ar (Dream only)
+    c.sft.method = "semi-ar"
+    # semi-ar masking ratio: None = block [RECOMMENDED] (full attention: row) | token [REF] | row
+    c.sft.ratio = config_dict.placeholder(str)
+    c.sft.lower_p = 0.1  # masking threshold / ratio range
     c.sft.upper_p = 0.9
     c.sft.shrink = 1  # trace: merge this many steps of a block per row
+    c.sft.num_draws = 1  # full-attention random_masking: masked copies per example (LLaDA 1, Dream 35 [REF])
     c.sft.post_num = 0  # PAD tokens trained per response (0: only EOS marks the end); -1: all
-    c.sft.normalizer = "global_L1"  # loss normaliser: global_L1 [REF] | row_tokens | batch_tokens
+    # loss normaliser: None = global_L1 [REF] (full attention: row_tokens [REF]) | batch_tokens
+    c.sft.normalizer = config_dict.placeholder(str)
 
     # --- optimisation ------------------------------------------------------
     c.batch_size = 64  # examples per update (semi-ar: rows; trace: rows = examples * rounds)
@@ -84,6 +94,15 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.eval.temperature = 0.0  # 0 = greedy
     c.eval.top_k = 0  # 0 = off
     c.eval.top_p = 1.0  # 1.0 = off
+    # full attention only (LLaDA / Dream, §2; block models reject other values); strategy
+    # low_confidence_dynamic is the threshold rule (>=) there
+    c.eval.steps = config_dict.placeholder(int)  # total denoising steps (None: steps_per_block per block)
+    c.eval.target = "confidence"  # selection score: confidence | margin_confidence | neg_entropy | random
+    c.eval.alg_temp = 0.0  # > 0: static positions drawn from softmax(score / alg_temp)
+    c.eval.pad_target_penalty = 1.0  # a PAD candidate's score is divided by this (1.0 = off)
+    c.eval.early_stop = config_dict.placeholder(bool)  # stop a row after an all-PAD block (None: Dream yes)
+    c.eval.use_cache = False  # prefix KV cache (§2.2)
+    c.eval.further_horizon = config_dict.placeholder(int)  # with use_cache: positions seen after the block
 
     # --- bookkeeping -------------------------------------------------------
     c.log_every = 50  # training-metric cadence (JSONL + TensorBoard)
@@ -105,6 +124,15 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.task.name = "countdown"
         c.task.knobs = ml_collections.ConfigDict()
         c.gen_length = 48
+    elif variant in ("llada", "dream"):
+        # A CPU-sized full-attention warm start for configs/tracerl_full.py (its default model.init).
+        c.workdir = f"runs/sft_{variant}"
+        c.model.preset = f"small-{variant}"
+        c.sft.method = "random_masking"  # cheap: one full-length row per example (LLaDA's default, §10.2)
+        c.sft.post_num = -1  # train the PAD filler after EOS too: the sampler decodes the whole canvas
+        c.num_steps = 1500
+        c.stop_at = 700
+        c.export_hf = True
     elif variant == "smoke":
         c.workdir = "/tmp/tracerl_jax_sft_smoke"
         c.task.num_train = 64
@@ -120,5 +148,5 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.optimizer.warmup = 1
         c.progress = False
     else:
-        raise ValueError(f"unknown variant {variant!r}; expected arithmetic, sudoku4, countdown or smoke")
+        raise ValueError(f"unknown variant {variant!r}; expected arithmetic, sudoku4, countdown, llada, dream or smoke")
     return c

@@ -3,10 +3,19 @@
 Run:  python examples/tracerl.py                       (this config)
       python examples/tracerl.py --config.rl.total_steps=5 --config.workdir=/tmp/run
 Variants: configs/tracerl_value.py (value model), configs/random_masking.py,
-configs/coupled.py (baselines), configs/trado_4b.py / trado_8b.py (accelerators).
+configs/coupled.py (baselines), configs/trado_4b.py / trado_8b.py (accelerators),
+configs/tracerl_full.py (LLaDA / Dream full-attention models on a CPU).
+
+The model family decides the sampler and the training rows: a block model
+(SDAR/TraDo) uses the block sampler and the extended layout (§1, §4); a
+LLaDA/MMaDA or Dream/DiffuCoder model (``model.init`` = an HF directory of
+one, or ``random:tiny-llada`` ...) uses the full-attention sampler and the
+single-sequence rows (§2, §5, §9.2). Fields marked "full attention" are
+rejected (ValueError naming them) when set for a block model.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -43,22 +52,35 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.top_p = 1.0           # 1.0 = off
     c.rollout.group_filter = "constant"  # none | constant (drop all-equal groups) | range (keep 0.2..0.8 acc)
     c.rollout.truncation_cap = ml_collections.config_dict.placeholder(int)  # math: len >= cap-5 scores 0 (§7.4)
+    # full attention (LLaDA / Dream, §2, §11.3); strategy low_confidence_dynamic = threshold (>=) there
+    c.rollout.steps = config_dict.placeholder(int)  # total denoising steps (None: steps_per_block in every block)
+    c.rollout.target = "confidence"  # selection score: confidence | margin_confidence | neg_entropy | random
+    c.rollout.alg_temp = 0.0        # > 0: static positions drawn from softmax(score / alg_temp) (Dream)
+    c.rollout.pad_target_penalty = 1.0  # a PAD candidate's score is divided by this (Dream; 1.0 = off)
+    c.rollout.early_stop = config_dict.placeholder(bool)  # stop a row after an all-PAD block (None: Dream yes)
+    c.rollout.use_cache = False     # prefix KV cache (Fast-dLLM, §2.2; reference default true)
+    c.rollout.further_horizon = config_dict.placeholder(int)  # with use_cache: positions seen after the block
+    c.rollout.compat = "recommended"  # recommended | reference (Q-F1, Q-F3-Q-F5 quirks, §5 rows); block: recommended
 
     # ---- training (§4, §6, §8, §9) ----------------------------------------------------------
     c.rl = ml_collections.ConfigDict()
     c.rl.method = "TraceRL"         # TraceRL | random_masking | coupled
     c.rl.total_steps = 40           # RL steps
-    c.rl.shrink = 1                 # merge this many decoding steps per training round (§4.2)
+    c.rl.shrink = 1                 # decoding steps merged per training round (§4.2; full attention §5: 8 [REF])
     c.rl.post_num = 0               # PAD tokens trained per sequence (None disables the rule)
     c.rl.batch_rows = 64            # rows per optimizer update (GA * micro_batch)
     c.rl.grad_accum = 2             # micro-batches per update (lax.scan inside the step)
     c.rl.eps = 0.2                  # PPO clip
     c.rl.beta = 0.01                # KL coefficient (against the pre-update policy unless a reference is set)
     c.rl.kl_estimator = "k3"        # k1 | k2 | k3
-    c.rl.normalizer = "global_L1"   # global_L1 [REF] | row_tokens | batch_tokens
+    # policy-loss normaliser: None = the family's [REF] (block global_L1; full attention row_tokens, with
+    # no log-ratio clamp and a summed KL, §6.4) | global_L1 | row_tokens | batch_tokens
+    c.rl.normalizer = config_dict.placeholder(str)
     c.rl.lower_p = 0.1              # baselines: masking-ratio range
     c.rl.upper_p = 0.9
-    c.rl.mask_ratio = "block"       # baselines: block | row | token [REF]
+    c.rl.mask_ratio = config_dict.placeholder(str)  # baselines, block models: block (None) | row | token [REF];
+                                    # full attention draws one ratio per row (None or row)
+    c.rl.num_draws = 1              # baselines, full attention: rows per response (§9.2 mask_times_per_sample: 35)
     c.rl.learning_rate = 3e-5       # policy LR (1e-4+ destabilises the 4.8M CPU model; the reference uses 1e-6 for 4B/8B)
     c.rl.schedule = "constant"      # constant | cosine | cosine_per_rl_step [REF saw-tooth]
     c.rl.max_grad_norm = 1.0

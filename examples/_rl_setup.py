@@ -18,6 +18,7 @@ iterator's position, and the pre-RL accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import signal
 from pathlib import Path
@@ -29,21 +30,21 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from examples import _common
 from tracerl_jax import rl
 from tracerl_jax.data import ExampleIterator
 from tracerl_jax.evaluation import default_verifier, evaluate
-from tracerl_jax.models import (cache_init_fn, get_preset, init_model, load_hf_checkpoint, sampler_forward_fn,
+from tracerl_jax.models import (ModelConfig, get_preset, init_model, load_hf_checkpoint, read_hf_config,
                                 shipped_checkpoint, split_model, value_model_from_policy)
-from tracerl_jax.sampling import BlockSamplerConfig, make_block_sampler
 from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
 from tracerl_jax.tasks import get_task, load_examples, load_reference
 from tracerl_jax.tokenizers import load_tokenizer
 from tracerl_jax.train import sharding as shd
-from tracerl_jax.train.checkpoint import CheckpointManager
+from tracerl_jax.train.checkpoint import MODEL_CONFIG_NAME, CheckpointManager, load_model, read_model_config
 from tracerl_jax.train.metrics import MetricsWriter, plot_curves
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer
 from tracerl_jax.train.step import init_train_state, state_shardings
-from tracerl_jax.train.steps import PolicyLossConfig, make_policy_step, make_value_step
+from tracerl_jax.train.steps import FULL_ATTENTION_REF, PolicyLossConfig, make_policy_step, make_value_step
 
 # Exit status of a run stopped by SIGTERM after its checkpoint was written:
 # 128 + SIGTERM, what a shell reports for a process the signal killed, so a
@@ -135,14 +136,39 @@ class StopRequest:
 # ---------------------------------------------------------------------------
 
 
+def _policy_path(spec: str) -> Path:
+    path = shipped_checkpoint(spec.split(":", 1)[1]) if spec.startswith("shipped:") else Path(spec)
+    if not path.is_dir():
+        raise ValueError(f"model.init={spec!r} is not a directory (an HF checkpoint, an examples/sft.py export, "
+                         "shipped:<name> or random:<preset>); configs/tracerl_full.py explains how to make its "
+                         "warm start with examples/sft.py")
+    return path
+
+
+def policy_family(cfg: ml_collections.ConfigDict) -> str:
+    """The family (``"sdar"``, ``"llada"``, ``"dream"``) of ``cfg.model.init``, read without loading weights.
+
+    It picks the sampler (block, or full attention §2) and the training rows
+    (extended layout §4, or single sequence §5).
+    """
+    spec = cfg.model.init
+    if spec.startswith("random:"):
+        return get_preset(spec.split(":", 1)[1]).family
+    path = _policy_path(spec)
+    if (path / MODEL_CONFIG_NAME).is_file():
+        return read_model_config(path)[0].family
+    return ModelConfig.from_hf_config(read_hf_config(path)).family
+
+
 def load_policy(cfg: ml_collections.ConfigDict, tokenizer):
     """``(model_config, model)`` from ``cfg.model.init``.
 
-    ``random:<preset>`` initialises a preset with the tokenizer's vocabulary;
-    ``shipped:<name>`` loads a checkpoint shipped with the package; anything
-    else is a Hugging Face checkpoint directory (``config.json`` +
-    safetensors), e.g. one exported by ``examples/sft.py``. Every process
-    loads the same weights.
+    ``random:<preset>`` initialises a preset with the tokenizer's vocabulary
+    (``tiny-llada``, ``small-dream``, ...: the CPU sizes in a full-attention
+    layout); ``shipped:<name>`` loads a checkpoint shipped with the package;
+    anything else is a directory: a Hugging Face checkpoint of any supported
+    family (``config.json`` + safetensors) or an ``examples/sft.py`` export
+    (``model_config.json`` + ``params/``). Every process loads the same weights.
     """
     spec = cfg.model.init
     if spec.startswith("random:"):
@@ -150,8 +176,14 @@ def load_policy(cfg: ml_collections.ConfigDict, tokenizer):
             vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, pad_token_id=tokenizer.pad_id,
             eos_token_id=tokenizer.eos_id, remat=cfg.model.remat, attention_impl=cfg.model.attention_impl)
         return mcfg, init_model(mcfg, seed=cfg.seed)
-    path = shipped_checkpoint(spec.split(":", 1)[1]) if spec.startswith("shipped:") else Path(spec)
-    mcfg, model = load_hf_checkpoint(path, remat=cfg.model.remat, attention_impl=cfg.model.attention_impl)
+    path = _policy_path(spec)
+    if (path / MODEL_CONFIG_NAME).is_file():
+        from flax import nnx
+
+        mcfg, graphdef, params = load_model(path, remat=cfg.model.remat, attention_impl=cfg.model.attention_impl)
+        model = nnx.merge(graphdef, params)
+    else:
+        mcfg, model = load_hf_checkpoint(path, remat=cfg.model.remat, attention_impl=cfg.model.attention_impl)
     if mcfg.vocab_size < tokenizer.vocab_size or mcfg.mask_token_id != tokenizer.mask_id:
         raise ValueError(f"checkpoint {path} (vocab {mcfg.vocab_size}, mask {mcfg.mask_token_id}) does not match "
                          f"the tokenizer (vocab {tokenizer.vocab_size}, mask {tokenizer.mask_id})")
@@ -199,13 +231,31 @@ def load_scorer(spec: str) -> Callable:
 
 
 def sampler(cfg, tokenizer, mcfg, graphdef, *, strategy, temperature, threshold):
-    scfg = BlockSamplerConfig(
-        gen_length=cfg.rollout.gen_length, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id,
-        pad_id=tokenizer.pad_id, block_size=cfg.rollout.block_size, steps_per_block=cfg.rollout.steps_per_block,
-        strategy=strategy, threshold=threshold, temperature=temperature, top_k=cfg.rollout.top_k,
-        top_p=cfg.rollout.top_p)
-    return make_block_sampler(sampler_forward_fn(graphdef), cache_init_fn(mcfg), scfg, vocab_size=mcfg.vocab_size,
-                              max_positions=mcfg.max_position_embeddings)
+    """The rollout (or evaluation) sampler of the policy's family.
+
+    ``cfg.rollout`` gives every setting but the three arguments (which differ
+    between rollouts and evaluation): the block sampler for block models, the
+    full-attention sampler (§2: LLaDA/Dream step rules, prefix cache) for
+    LLaDA/Dream models.
+    """
+    section = dict(cfg.rollout.to_dict(), strategy=strategy, temperature=temperature, threshold=threshold)
+    scfg = _common.sampler_config(section, tokenizer, block_size=cfg.rollout.block_size,
+                                  gen_length=cfg.rollout.gen_length, family=mcfg.family, section="rollout")
+    return _common.make_sampler(graphdef, mcfg, scfg)
+
+
+def policy_loss_config(cfg, family: str) -> PolicyLossConfig:
+    """The policy loss (§6) of ``cfg.rl``: the block [REF] form, or the full-attention one (§6.4: no
+    log-ratio clamp, a per-row token mean, an unnormalised KL) for LLaDA/Dream."""
+    c = cfg.rl
+    base = PolicyLossConfig() if family == "sdar" else FULL_ATTENTION_REF
+    return dataclasses.replace(base, eps=c.eps, beta=c.beta, kl_estimator=c.kl_estimator,
+                               normalizer=loss_normalizer(cfg, family))
+
+
+def loss_normalizer(cfg, family: str) -> str:
+    """``rl.normalizer``, or the family's [REF] choice when it is None (Q-L2)."""
+    return cfg.rl.normalizer or ("global_L1" if family == "sdar" else "row_tokens")
 
 
 def shard_rows_locally(sample_fn, local_mesh: Mesh):
@@ -237,13 +287,21 @@ def shard_rows_locally(sample_fn, local_mesh: Mesh):
 # ---------------------------------------------------------------------------
 
 
-def check_config(cfg: ml_collections.ConfigDict, *, process_count: int = 1, device_count: int = 1) -> None:
+def check_config(cfg: ml_collections.ConfigDict, *, family: str = "sdar", process_count: int = 1,
+                 device_count: int = 1) -> None:
     """Rejects a config that cannot run, before anything is built.
+
+    Args:
+      cfg: the RL config.
+      family: the policy's family (:func:`policy_family`): some settings
+        exist for block models only, others for full attention only.
+      process_count, device_count: of the run.
 
     Raises:
       ValueError: naming the field and what it must satisfy (lengths that are
         not block multiples, batches that do not split over the processes'
-        prompts or the devices' rows, non-positive counts, ...).
+        prompts or the devices' rows, non-positive counts, settings of the
+        other model family, ...).
     """
     r, c = cfg.rollout, cfg.rl
     if c.method not in rl.METHODS:
@@ -259,6 +317,7 @@ def check_config(cfg: ml_collections.ConfigDict, *, process_count: int = 1, devi
     if r.gen_length % r.block_size or cfg.prompt_len % r.block_size:
         raise ValueError(f"rollout.gen_length={r.gen_length} and prompt_len={cfg.prompt_len} must be multiples of "
                          f"rollout.block_size={r.block_size}")
+    _check_family_settings(cfg, family)
     if c.batch_rows % c.grad_accum:
         raise ValueError(f"rl.batch_rows={c.batch_rows} must be divisible by rl.grad_accum={c.grad_accum}")
     if cfg.value.enabled and c.method != "TraceRL":
@@ -270,6 +329,26 @@ def check_config(cfg: ml_collections.ConfigDict, *, process_count: int = 1, devi
     if micro % device_count:
         raise ValueError(f"a micro-batch of rl.batch_rows/rl.grad_accum = {micro} rows must be divisible by the "
                          f"number of devices ({device_count}); raise rl.batch_rows or lower rl.grad_accum")
+
+
+def _check_family_settings(cfg, family: str) -> None:
+    r, c = cfg.rollout, cfg.rl
+    _common.check_sampler_section(r, family, "rollout")
+    _common.check_sampler_section(dict(r.to_dict(), strategy=cfg.eval.strategy), family, "eval")
+    if r.compat not in ("recommended", "reference"):
+        raise ValueError(f"rollout.compat must be 'recommended' or 'reference', got {r.compat!r}")
+    if not isinstance(c.num_draws, int) or isinstance(c.num_draws, bool) or c.num_draws < 1:
+        raise ValueError(f"rl.num_draws must be an int >= 1, got {c.num_draws!r}")
+    if family == "sdar":
+        if r.compat != "recommended":
+            raise ValueError("rollout.compat='reference' is implemented in examples/tracerl.py for full-attention "
+                             "models only (block models: BlockSamplerConfig(compat=...) in the library)")
+        if c.num_draws != 1:
+            raise ValueError(f"rl.num_draws={c.num_draws} applies to full-attention models only (block baselines "
+                             "draw one row per response, §9.1)")
+    elif c.mask_ratio not in (None, "row"):
+        raise ValueError(f"rl.mask_ratio={c.mask_ratio!r} applies to block models only; full-attention baselines "
+                         "draw one masking ratio per row (§9.2): leave it None (or 'row')")
 
 
 # ---------------------------------------------------------------------------
@@ -297,8 +376,9 @@ def build(cfg: ml_collections.ConfigDict, *, score_fn: Optional[Callable] = None
       score_fn: batch reward ``(texts, examples, lengths) -> scores``;
         default: the task's verifier.
     """
-    check_config(cfg, process_count=jax.process_count(), device_count=jax.device_count())
-    run = SimpleNamespace(cfg=cfg, workdir=Path(cfg.workdir))
+    family = policy_family(cfg)
+    check_config(cfg, family=family, process_count=jax.process_count(), device_count=jax.device_count())
+    run = SimpleNamespace(cfg=cfg, workdir=Path(cfg.workdir), family=family)
     run.workdir.mkdir(parents=True, exist_ok=True)
     run.tokenizer = load_tokenizer(cfg.tokenizer)
     run.train, run.test = load_data(cfg)
@@ -326,8 +406,8 @@ def build(cfg: ml_collections.ConfigDict, *, score_fn: Optional[Callable] = None
     state = init_train_state(params, opt)
     state_sh = state_shardings(state, opt, run.mesh)
     run.state = rl.to_global(state, state_sh)
-    loss_cfg = PolicyLossConfig(eps=c.eps, beta=c.beta, kl_estimator=c.kl_estimator, normalizer=c.normalizer)
-    run.policy_step = make_policy_step(run.graphdef, opt, loss_cfg, mesh=run.mesh, state_sharding=state_sh)
+    run.policy_step = make_policy_step(run.graphdef, opt, policy_loss_config(cfg, family), mesh=run.mesh,
+                                       state_sharding=state_sh)
     run.old_logprobs = _row_map(trajectory_logprobs, run.graphdef, state_sh.params, run.batch_sharding)
     run.value_step = None
     if cfg.value.enabled:
@@ -336,8 +416,9 @@ def build(cfg: ml_collections.ConfigDict, *, score_fn: Optional[Callable] = None
         vstate = init_train_state(vparams, vopt)
         vstate_sh = state_shardings(vstate, vopt, run.mesh)
         run.vstate = rl.to_global(vstate, vstate_sh)
-        run.value_step = make_value_step(run.value_graphdef, vopt, clip=cfg.value.clip, normalizer=c.normalizer,
-                                         mesh=run.mesh, state_sharding=vstate_sh)
+        run.value_step = make_value_step(run.value_graphdef, vopt, clip=cfg.value.clip,
+                                         normalizer=loss_normalizer(cfg, family), mesh=run.mesh,
+                                         state_sharding=vstate_sh)
         run.old_values = _row_map(trajectory_values, run.value_graphdef, vstate_sh.params, run.batch_sharding)
     del model, params, state
 

@@ -2,9 +2,12 @@ r"""Evaluate a checkpoint on held-out problems: accuracy, tokens per forward pas
 
     python examples/evaluate.py --config=configs/evaluate.py --config.checkpoint=runs/sft_arithmetic/export
     python examples/evaluate.py --config=configs/evaluate.py:math500 --config.checkpoint=/ckpt/TraDo-4B-Instruct
+    python examples/evaluate.py --config=configs/evaluate.py:math500,llada --config.checkpoint=/ckpt/LLaDA-8B-Instruct
 
-The checkpoint is an ``examples/sft.py`` export, a Hugging Face TraDo/SDAR
-directory, ``random:<preset>`` or ``shipped:<name>``. The block sampler
+The checkpoint is an ``examples/sft.py`` export, a Hugging Face directory
+(TraDo/SDAR, LLaDA/MMaDA, Dream/DiffuCoder), ``random:<preset>`` or
+``shipped:<name>``. The sampler of the model's family (block, or full
+attention for LLaDA/Dream, whose extra knobs are in ``config.sampler``)
 answers every problem ``num_samples`` times with the reference evaluation
 settings (configs/evaluate.py); the task's verifier, or math-verify for
 MATH500/GSM8K, scores each response. Every prompt shape is compiled before
@@ -152,7 +155,8 @@ def evaluate_checkpoint(cfg: ml_collections.ConfigDict, write: Callable[[str], N
     examples = _common.eval_examples(cfg.data)
     if not examples:
         raise ValueError(f"config.data selects no examples ({cfg.data.name}, num={cfg.data.num})")
-    scfg = _common.sampler_config(s, tok, block_size=s.block_size, gen_length=s.gen_length)
+    scfg = _common.sampler_config(s, tok, block_size=s.block_size, gen_length=s.gen_length,
+                                  family=policy.config.family)
     sample_fn = _common.make_sampler(policy.graphdef, policy.config, scfg)
     write(f"evaluating {cfg.checkpoint} ({policy.source}, {_common.num_params(policy.params) / 1e6:.2f}M params) "
           f"on {len(examples)} {cfg.data.name} problems x {cfg.num_samples} samples: {s.strategy}, "

@@ -3,6 +3,7 @@ r"""Sample a few completions from a checkpoint and print them (optionally how th
     python examples/sample.py --config=configs/sample.py --config.checkpoint=runs/sft_arithmetic/export \
         --config.prompts="('Compute 12+7.',)" --config.trajectory=table
     python examples/sample.py --config=configs/sample.py:sudoku4 --config.checkpoint=...
+    python examples/sample.py --config=configs/sample.py:smoke --config.checkpoint=random:tiny-dream
 
 Prompts come from the command line (``--config.prompts``) or, when none are
 given, from a task or data set (``config.data``), in which case the verifier
@@ -87,7 +88,8 @@ def sample(cfg: ml_collections.ConfigDict, write: Callable[[str], None] = print)
     policy = evaluate.load_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
     tok, s = policy.tokenizer, cfg.sampler
     texts, examples = prompts_of(cfg, tok)
-    scfg = _common.sampler_config(s, tok, block_size=s.block_size, gen_length=s.gen_length)
+    scfg = _common.sampler_config(s, tok, block_size=s.block_size, gen_length=s.gen_length,
+                                  family=policy.config.family)
     sample_fn = _common.make_sampler(policy.graphdef, policy.config, scfg)
 
     # Row k = (prompt k // num_samples, sample k % num_samples), keyed by k alone.

@@ -1,10 +1,17 @@
-r"""Block SFT of a small block-diffusion model from scratch (ALGORITHMS.md §10.1).
+r"""SFT of a small diffusion LM from scratch: block models (§10.1) or LLaDA / Dream (§10.2).
 
     python examples/sft.py --config=configs/sft.py --config.num_steps=1500
+    python examples/sft.py --config=configs/sft.py:llada          # full attention, LLaDA layout
+    python examples/sft.py --config=configs/sft.py --config.model.preset=tiny-dream --config.sft.method=ar
 
-The loop: a batch of (prompt, worked solution) pairs -> SFT rows in the
-extended layout (random in-block masks for ``semi-ar``, left-to-right rounds
-for ``trace``) -> one AdamW update on the masked NLL. Every ``eval.every``
+The loop: a batch of (prompt, worked solution) pairs -> SFT rows -> one
+AdamW update on the masked NLL. The preset's family picks the rows: a block
+model trains on the extended layout (random in-block masks for ``semi-ar``,
+left-to-right rounds for ``trace``); a LLaDA/Dream model on single sequences
+(``semi-ar``: groups of ``block_size`` positions left to right, each with
+random masks inside and everything after it masked; ``random_masking``:
+``sft.num_draws`` copies with one masking ratio each; ``ar``: Dream's
+next-token loss), with the per-row token mean as the loss (§10.2). Every ``eval.every``
 steps the block sampler answers held-out problems and the task verifier
 scores them. Orbax checkpoints make the run resumable (rerun the same
 command); at the end the parameters are exported to ``<workdir>/export``
@@ -32,8 +39,9 @@ from tqdm.auto import tqdm  # noqa: E402
 import _common  # noqa: E402
 from tracerl_jax import evaluation  # noqa: E402
 from tracerl_jax.baselines import semi_ar_sft_rows  # noqa: E402
+from tracerl_jax.baselines_full import full_ar_sft_rows, full_random_masking_rows, full_semi_ar_sft_rows  # noqa: E402
 from tracerl_jax.data import ExampleIterator, SFTPairs, encode_sft_pairs  # noqa: E402
-from tracerl_jax.models import init_model, save_hf_checkpoint, split_model  # noqa: E402
+from tracerl_jax.models import get_preset, init_model, save_hf_checkpoint, split_model  # noqa: E402
 from tracerl_jax.tasks import get_task  # noqa: E402
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
 from tracerl_jax.train import checkpoint as ckpt_lib  # noqa: E402
@@ -44,16 +52,21 @@ from tracerl_jax.train.step import TrainState, init_train_state, state_shardings
 from tracerl_jax.train.steps import batch_scalars, make_sft_step  # noqa: E402
 from tracerl_jax.trajectory import build_rows  # noqa: E402
 
-METHODS = ("semi-ar", "trace")
+# SFT methods per model family (§10.1 block models, §10.2 full attention; "ar" is Dream's).
+METHODS = {"sdar": ("semi-ar", "trace"), "llada": ("semi-ar", "random_masking"),
+           "dream": ("semi-ar", "random_masking", "ar")}
 
 
-def sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, tok):
-    """Training rows of one batch of pairs (§10.1), in the extended layout."""
+def sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, tok, family: str = "sdar"):
+    """Training rows of one batch of pairs: the extended layout (§10.1) for block
+    models, single sequences (§10.2) for LLaDA/Dream."""
     post_num = None if cfg.sft.post_num < 0 else int(cfg.sft.post_num)
+    if family != "sdar":
+        return full_sft_rows(key, pairs, cfg, tok, family, post_num)
     if cfg.sft.method == "semi-ar":
         return semi_ar_sft_rows(key, pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids,
                                 block_size=cfg.block_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
-                                lower_p=cfg.sft.lower_p, upper_p=cfg.sft.upper_p, ratio=cfg.sft.ratio,
+                                lower_p=cfg.sft.lower_p, upper_p=cfg.sft.upper_p, ratio=cfg.sft.ratio or "block",
                                 post_num=post_num)
     # trace without a recorded trajectory: the left-to-right step map, one row per round.
     N, L1 = pairs.response_ids.shape
@@ -63,9 +76,41 @@ def sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, tok):
                       has_step_map=np.zeros((N,), bool))
 
 
-def _validate(cfg: ml_collections.ConfigDict) -> None:
-    if cfg.sft.method not in METHODS:
-        raise ValueError(f"sft.method must be one of {METHODS}, got {cfg.sft.method!r}")
+def full_sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, tok, family: str, post_num):
+    """Full-attention SFT rows (§10.2) of one batch: ``FullRows`` with ``[R, L1]`` per-token arrays."""
+    s = cfg.sft
+    if s.method == "semi-ar":
+        return full_semi_ar_sft_rows(key, pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids,
+                                     mask_id=tok.mask_id, pad_id=tok.pad_id, family=family,
+                                     block_size=cfg.block_size, lower_p=s.lower_p, upper_p=s.upper_p,
+                                     post_num=post_num, ratio=s.ratio)
+    if s.method == "random_masking":
+        return full_random_masking_rows(key, pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids,
+                                        mask_id=tok.mask_id, pad_id=tok.pad_id, family=family, num_draws=s.num_draws,
+                                        lower_p=s.lower_p, upper_p=s.upper_p, post_num=post_num)
+    return full_ar_sft_rows(pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids, pad_id=tok.pad_id,
+                            post_num=post_num)
+
+
+def sft_normalizer(cfg: ml_collections.ConfigDict, family: str) -> str:
+    """``sft.normalizer``, or the family's [REF] one when None (global_L1 §10.1, row_tokens §10.2)."""
+    return cfg.sft.normalizer or ("global_L1" if family == "sdar" else "row_tokens")
+
+
+def _validate(cfg: ml_collections.ConfigDict, family: str = "sdar") -> None:
+    methods = METHODS[family]
+    if cfg.sft.method not in methods:
+        raise ValueError(f"sft.method must be one of {methods} for a {family} model "
+                         f"(model.preset={cfg.model.preset!r}), got {cfg.sft.method!r}")
+    if family == "sdar":
+        if cfg.sft.num_draws != 1:
+            raise ValueError(f"sft.num_draws={cfg.sft.num_draws} applies to full-attention random_masking only")
+    else:
+        if cfg.sft.ratio not in (None, "row", "token"):
+            raise ValueError(f"sft.ratio={cfg.sft.ratio!r}: full-attention semi-ar draws one ratio per row or per "
+                             "token (None = row, token [REF]); 'block' is for block models")
+        if not isinstance(cfg.sft.num_draws, int) or cfg.sft.num_draws < 1:
+            raise ValueError(f"sft.num_draws must be an int >= 1, got {cfg.sft.num_draws!r}")
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
     if not 0 <= cfg.stop_at <= cfg.num_steps:
@@ -85,7 +130,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
       ``{"step", "eval/accuracy", ...}`` of the final evaluation, and
       ``export_dir``.
     """
-    _validate(cfg)
+    family = get_preset(cfg.model.preset).family  # sdar | llada | dream: picks the rows and the sampler
+    _validate(cfg, family)
     workdir = Path(workdir or cfg.workdir).absolute()
     # The learning-rate schedule always spans num_steps; stop_at ends the run
     # early on that schedule (a deliberately under-trained warm start).
@@ -121,7 +167,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         shardings = state_shardings(state, optimizer, mesh)
         state = jax.device_put(state, shardings)
         step_kw = dict(mesh=mesh, state_sharding=shardings)
-    train_step = make_sft_step(graphdef, optimizer, normalizer=cfg.sft.normalizer, **step_kw)
+    train_step = make_sft_step(graphdef, optimizer, normalizer=sft_normalizer(cfg, family), **step_kw)
     rng = jax.random.key(cfg.seed)
 
     # Resume.
@@ -134,10 +180,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         start = restored.step
         say(f"resumed from step {start} ({workdir / 'checkpoints'})")
     say(f"SFT {cfg.sft.method} on {cfg.task.name} {_common.task_knobs(cfg.task)}: {len(pairs.kept)} pairs, "
-        f"L0={L0} L1={L1}, model {cfg.model.preset} ({_common.num_params(state.params) / 1e6:.2f}M params), "
+        f"L0={L0} L1={L1}, model {cfg.model.preset} ({family}, {_common.num_params(state.params) / 1e6:.2f}M params), "
         f"{cfg.num_steps} steps of {cfg.batch_size}")
 
-    scfg = _common.sampler_config(cfg.eval, tok, block_size=cfg.block_size, gen_length=cfg.gen_length)
+    scfg = _common.sampler_config(cfg.eval, tok, block_size=cfg.block_size, gen_length=cfg.gen_length,
+                                  family=family, section="eval")
     sample_fn = _common.make_sampler(graphdef, model_cfg, scfg)
     writer = MetricsWriter(workdir)
 
@@ -157,7 +204,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
                disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
         batch_pairs = pairs.take(next(it))
-        rows = sft_rows(jax.random.fold_in(jax.random.split(rng)[0], step), batch_pairs, cfg, tok)
+        rows = sft_rows(jax.random.fold_in(jax.random.split(rng)[0], step), batch_pairs, cfg, tok, family)
         batch = dict(rows=rows, **batch_scalars(rows.row_valid, cfg.grad_accum, L1))
         lr = learning_rate(opt_cfg, step)
         state, metrics = train_step(state, to_microbatches(batch, cfg.grad_accum), lr)

@@ -1,9 +1,9 @@
-r"""TraceRL: reinforcement learning of a block-diffusion LM on its own trajectories.
+r"""TraceRL: reinforcement learning of a diffusion LM on its own trajectories.
 
 One RL step, as in the paper's algorithm box:
 
     1. sample prompts                      (a resumable data iterator; each process takes its share)
-    2. rollout with trajectories           (block sampler: tokens + step maps)
+    2. rollout with trajectories           (block or full-attention sampler: tokens + step maps)
     3. rewards -> group z-scores           (task verifier, §7.4), then every process gets the whole batch
     4. training rows                       (TraceRL rounds, or a baseline's masks)
     5. [value model] old values -> step-level GAE (§8)
@@ -15,11 +15,21 @@ Usage:
   python examples/tracerl.py                                   # CPU default (configs/tracerl.py)
   python examples/tracerl.py --config=configs/tracerl_value.py
   python examples/tracerl.py --config.rl.method=coupled --config.workdir=runs/coupled
+  # full attention (LLaDA / Dream): the model decides; see configs/tracerl_full.py
+  python examples/tracerl.py --config=configs/tracerl_full.py --config.model.init=runs/sft_llada/export
+  python examples/tracerl.py --config.model.init=/ckpt/LLaDA-8B-Instruct --config.tokenizer=/ckpt/LLaDA-8B-Instruct
   # two processes on one machine (see docs/multihost.md); same global batch as one process:
   python examples/tracerl.py --coordinator_address=localhost:12355 --num_processes=2 --process_id=0 &
   python examples/tracerl.py --coordinator_address=localhost:12355 --num_processes=2 --process_id=1
   # TPU pod slice: the same command on every host
   python examples/tracerl.py --distributed --config=configs/trado_4b.py
+
+The policy's family picks the sampler and the rows: a block model (SDAR/TraDo)
+is rolled out block by block and trained on the extended layout (§1, §4,
+§9.1); a LLaDA/MMaDA or Dream/DiffuCoder model is rolled out with the
+full-attention sampler (§2) and trained on single-sequence rows with
+whole-response shrinkage ``rl.shrink`` (§5, §9.2) and the full-attention
+loss (§6.4). Everything else of the loop is shared.
 
 Re-running with the same workdir resumes from the last checkpoint and continues
 exactly as an uninterrupted run would. SIGTERM (preemption) finishes the current
@@ -47,7 +57,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from examples import _rl_setup as setup  # noqa: E402
-from tracerl_jax import rl  # noqa: E402
+from tracerl_jax import rl, rl_full  # noqa: E402
 from tracerl_jax.train.optimizer import learning_rate  # noqa: E402
 from tracerl_jax.train.step import to_microbatches  # noqa: E402
 
@@ -112,6 +122,32 @@ def value_update(run, rows, num_batches, old_values, returns, L1_ref):
     return metrics
 
 
+def policy_rows(run, batch, key):
+    """Training rows of every response (§4 / §9.1 for block models, §5 / §9.2 for full attention).
+
+    Returns ``(rows, completion [N, L1])``; per-token arrays of either kind of
+    rows are ``[R, L1]``, so the rest of the step does not care which.
+    """
+    cfg, c, tok = run.cfg, run.cfg.rl, run.tokenizer
+    if run.family == "sdar":
+        return rl.build_policy_rows(c.method, batch, block_size=cfg.rollout.block_size, mask_id=tok.mask_id,
+                                    pad_id=tok.pad_id, key=key, shrink=c.shrink, post_num=c.post_num,
+                                    lower_p=c.lower_p, upper_p=c.upper_p, mask_ratio=c.mask_ratio or "block")
+    return rl_full.build_policy_rows(c.method, batch, family=run.family, mask_id=tok.mask_id, pad_id=tok.pad_id,
+                                     key=key, shrink=c.shrink, post_num=c.post_num, lower_p=c.lower_p,
+                                     upper_p=c.upper_p, num_draws=c.num_draws, compat=cfg.rollout.compat)
+
+
+def value_advantages(run, old_values, rows, batch, completion):
+    """Step-level GAE (§8) over the rows' trace steps: ``(advantages, returns)``, each ``[R_pad, L1]``."""
+    cfg, c = run.cfg, run.cfg.rl
+    kw = dict(shrink=c.shrink, pad_id=run.tokenizer.pad_id, post_num=c.post_num, gamma=cfg.value.gamma,
+              lam=cfg.value.lam)
+    if run.family == "sdar":
+        return rl.step_advantages(old_values, rows, batch, completion, block_size=cfg.rollout.block_size, **kw)
+    return rl_full.step_advantages(old_values, rows, batch, completion, **kw)
+
+
 def rl_step(run, step: int):
     """One TraceRL iteration; returns its metrics (global: every process returns the same)."""
     cfg, c = run.cfg, run.cfg.rl
@@ -129,10 +165,7 @@ def rl_step(run, step: int):
     batch = rl.gather_rollouts(local, run.tokenizer)   # the whole step's batch, on every process
     t1 = time.perf_counter()
     # 4. training rows (TraceRL replays each trajectory; baselines draw masks)
-    rows, completion = rl.build_policy_rows(c.method, batch, block_size=cfg.rollout.block_size,
-                                            mask_id=run.tokenizer.mask_id, pad_id=run.tokenizer.pad_id,
-                                            key=jax.random.fold_in(key, 1), shrink=c.shrink, post_num=c.post_num,
-                                            lower_p=c.lower_p, upper_p=c.upper_p, mask_ratio=c.mask_ratio)
+    rows, completion = policy_rows(run, batch, jax.random.fold_in(key, 1))
     rows, _, num_batches = rl.pack_rows(rows, c.batch_rows)
     L1_ref = float(max(int(np.max(np.asarray(batch.rollout.lengths))), 1))
     out = rl.rollout_metrics(batch)
@@ -143,9 +176,7 @@ def rl_step(run, step: int):
     # 5. value model: old values -> step-level GAE; else the scalar group advantage
     if run.value_step is not None:
         old_values = row_scores(run, run.old_values, run.vstate.params, rows, num_batches)
-        adv, returns = rl.step_advantages(old_values, rows, batch, completion, block_size=cfg.rollout.block_size,
-                                          shrink=c.shrink, pad_id=run.tokenizer.pad_id, post_num=c.post_num,
-                                          gamma=cfg.value.gamma, lam=cfg.value.lam)
+        adv, returns = value_advantages(run, old_values, rows, batch, completion)
     else:
         adv = batch.advantages[np.asarray(rows.response_index)]
     # 6. policy update(s)
@@ -183,7 +214,7 @@ def _train(run, stop: "setup.StopRequest") -> dict:
     cfg = run.cfg
     lead = jax.process_index() == 0
     say = print if lead else (lambda *a, **k: None)
-    say(f"[tracerl] method={cfg.rl.method} value={cfg.value.enabled} model={cfg.model.init} "
+    say(f"[tracerl] method={cfg.rl.method} value={cfg.value.enabled} model={cfg.model.init} ({run.family}) "
         f"task={cfg.task.name} workdir={run.workdir} processes={jax.process_count()} devices={jax.device_count()}")
     if run.start_step == 0:
         run.initial_accuracy = setup.held_out_accuracy(run, run.state.params)

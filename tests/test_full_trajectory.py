@@ -40,6 +40,7 @@ def prompts_batch(n, seed=0, L0=8):
     ("dream", "low_confidence_static", 12, None, "recommended"),  # forced token + linspace counts
     ("dream", "threshold", 16, 0.035, "recommended"),
     ("llada", "low_confidence_static", 16, None, "reference"),    # Q-F4: canvas positions, pads attended
+    ("dream", "low_confidence_static", 12, None, "reference"),    # canvas positions, PAD keys <= L0 masked (§5)
 ])
 def test_trainer_logprobs_equal_sampler_logprobs(family, remasking, steps, tau, compat):
     graphdef, params = split_model(init_model(CFG.replace(model_type=family), seed=0))
@@ -69,7 +70,11 @@ def test_trainer_logprobs_equal_sampler_logprobs(family, remasking, steps, tau, 
     np.testing.assert_array_equal(counts, want.astype(int))
     diff = np.abs(logp - np.asarray(ro.logprobs)[idx])[scored]
     if compat == "reference":  # left padding changes the other rows' positions: the batch is not row-independent
-        assert np.asarray(rows.positions)[0, 0] == 0 and bool(np.all(np.asarray(rows.mask_info.valid)))
+        assert np.all(np.asarray(rows.positions) == np.arange(rows.tokens.shape[1]))  # canvas positions
+        keys = np.asarray(rows.mask_info.valid)[:, :prompts.shape[1]]
+        # LLaDA attends to the prompt pads (Q-F4); Dream masks them as keys (§5).
+        want_keys = np.ones_like(keys) if family == "llada" else valid[idx]
+        np.testing.assert_array_equal(keys, want_keys)
     assert scored.sum() > 30
     assert diff.max() <= 1e-4, diff.max()
 
