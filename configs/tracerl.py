@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.post_num = 0               # PAD tokens trained per sequence (None disables the rule)
     c.rl.batch_rows = 64            # rows per optimizer update (GA * micro_batch)
     c.rl.grad_accum = 2             # micro-batches per update (lax.scan inside the step)
+    c.rl.batch_rows_per_device = ml_collections.config_dict.placeholder(int)  # if set: batch_rows = this x devices
     c.rl.eps = 0.2                  # PPO clip
     c.rl.beta = 0.01                # KL coefficient (against the pre-update policy unless a reference is set)
     c.rl.kl_estimator = "k3"        # k1 | k2 | k3

@@ -28,8 +28,8 @@ def get_config():
     c.task.name = "jsonl:/path/to/MATH_train.json"  # reference format: question, ground_truth_answer
     c.task.num_eval = 500                         # MATH500 (shipped) for evaluation
     c.rl.total_steps = 80
-    c.rl.batch_rows = 32                          # batch_size_lm 1 x GA 32 per device
-    c.rl.grad_accum = 32
+    c.rl.batch_rows_per_device = 32               # batch_size_lm 1 x GA 32 per device: 256 rows on 8 devices
+    c.rl.grad_accum = 32                          # so each micro-batch holds one row per device
     c.rl.learning_rate = 1e-6
     c.rl.beta = 0.01
     c.rl.eps = 0.2

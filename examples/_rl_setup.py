@@ -287,6 +287,22 @@ def shard_rows_locally(sample_fn, local_mesh: Mesh):
 # ---------------------------------------------------------------------------
 
 
+def resolve_batch_rows(cfg: ml_collections.ConfigDict, device_count: int) -> None:
+    """Sets ``rl.batch_rows`` from ``rl.batch_rows_per_device`` when that is given.
+
+    The reference's recipes state the update size per GPU (``batch_size_lm``
+    x GA); a global ``batch_rows`` written for one device count would leave
+    micro-batches that do not split over another, so the accelerator recipes
+    give rows per device and the run multiplies by its device count.
+    """
+    per = cfg.rl.get("batch_rows_per_device")
+    if per is None:
+        return
+    if not isinstance(per, int) or isinstance(per, bool) or per < 1:
+        raise ValueError(f"rl.batch_rows_per_device must be an int >= 1 or None, got {per!r}")
+    cfg.rl.batch_rows = per * device_count
+
+
 def check_config(cfg: ml_collections.ConfigDict, *, family: str = "sdar", process_count: int = 1,
                  device_count: int = 1) -> None:
     """Rejects a config that cannot run, before anything is built.
@@ -377,6 +393,7 @@ def build(cfg: ml_collections.ConfigDict, *, score_fn: Optional[Callable] = None
         default: the task's verifier.
     """
     family = policy_family(cfg)
+    resolve_batch_rows(cfg, jax.device_count())
     check_config(cfg, family=family, process_count=jax.process_count(), device_count=jax.device_count())
     run = SimpleNamespace(cfg=cfg, workdir=Path(cfg.workdir), family=family)
     run.workdir.mkdir(parents=True, exist_ok=True)

@@ -253,3 +253,30 @@ def test_bad_config_is_a_clear_value_error():
     with pytest.raises(ValueError, match="cannot load reward"):
         setup.load_scorer("tests.test_rl_example:no_such_reward")
     assert setup.load_scorer("tests.test_rl_example:digit_reward") is digit_reward
+
+
+@pytest.mark.parametrize("recipe_name", ["trado_4b", "trado_4b_value", "trado_8b"])
+@pytest.mark.parametrize("devices", [1, 8, 16])
+def test_accelerator_recipes_split_over_any_device_count(recipe_name, devices):
+    # The reference states its update per GPU (batch_size_lm 1 x GA 32); a fixed global
+    # batch_rows would leave 1-row micro-batches that cannot split over 8 devices.
+    import importlib
+
+    from examples import _rl_setup as setup
+
+    c = importlib.import_module(f"configs.{recipe_name}").get_config()
+    setup.resolve_batch_rows(c, devices)
+    assert c.rl.batch_rows == 32 * devices and c.rl.grad_accum == 32
+    setup.check_config(c, device_count=devices, process_count=1)
+
+
+def test_batch_rows_per_device_is_checked():
+    from configs import tracerl as recipe
+    from examples import _rl_setup as setup
+
+    c = recipe.get_config()
+    setup.resolve_batch_rows(c, 4)
+    assert c.rl.batch_rows == 64  # unset: the global batch_rows stays
+    c.rl.batch_rows_per_device = 0
+    with pytest.raises(ValueError, match="rl.batch_rows_per_device must be an int >= 1"):
+        setup.resolve_batch_rows(c, 4)
