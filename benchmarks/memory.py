@@ -190,7 +190,8 @@ def child_peer(args) -> dict:
     m = step(micros)
     step_s = time.perf_counter() - t0
     return dict(base=_mib(base), step_peak=_mib(_status_kib("VmHWM")), compile_peak=None, xla_temp=None,
-                step_s=step_s, compile_s=None, loss=m["loss"], ga=ga, torch_threads=threads)
+                step_s=step_s, compile_s=None, loss=m["loss"], ga=ga, torch_threads=threads,
+                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 
 
 # --------------------------------------------------------------------------

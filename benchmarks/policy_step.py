@@ -76,6 +76,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from functools import partial
@@ -258,6 +259,7 @@ def main(argv=None):
         env["torch"] = torch_peer.torch.__version__
         env["transformers"] = torch_peer.transformers.__version__
         env["peer_attention"] = args.peer_attn
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
         tmp = tempfile.TemporaryDirectory()
         peer_model = torch_peer.load_model(torch_peer.export_weights(params, cfg, Path(tmp.name)), attn=args.peer_attn)
         peer_step = torch_peer.PeerPolicyStep(peer_model, lr=1e-5)

@@ -306,6 +306,7 @@ def main(argv=None):
         env["torch"] = torch_peer.torch.__version__
         env["transformers"] = torch_peer.transformers.__version__
         env["peer_attention"] = args.peer_attn
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
         tmp = tempfile.TemporaryDirectory()
     results = []
     print(f"sampler benchmark: prompt {args.prompt_len}, gen {args.gen_length}, block {args.block_size}, "
