@@ -145,8 +145,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     task = get_task(cfg.task.name, **_common.task_knobs(cfg.task))
     train = task.generate("train", cfg.task.num_train, seed=cfg.task.seed)
     held_out = task.generate("test", cfg.eval.num, seed=cfg.task.seed)
+    if family == "sdar":
+        lengths = dict(max_response_len=cfg.max_response_len or None)
+    else:
+        # Full attention: train on the sampler's canvas (gen_length: the response, EOS, PAD filler),
+        # since the model attends to every canvas position while it decodes (§10.2 pads to max_gen_length).
+        lengths = dict(response_len=cfg.gen_length, max_response_len=min(cfg.max_response_len or cfg.gen_length,
+                                                                         cfg.gen_length))
     pairs = encode_sft_pairs(tok, [evaluation.prompt_text(tok, e) for e in train], [e.solution for e in train],
-                             block_size=cfg.block_size, max_response_len=cfg.max_response_len or None)
+                             block_size=cfg.block_size, **lengths)
     L0, L1 = pairs.prompt_ids.shape[1], pairs.response_ids.shape[1]
     it = ExampleIterator(len(pairs.kept), cfg.batch_size, seed=cfg.seed,
                          process_index=jax.process_index(), process_count=jax.process_count())
