@@ -7,7 +7,9 @@ measures it, and what the two usual remedies buy: rematerialising each layer
 in the backward (``ModelConfig.remat``; the peer's
 ``gradient_checkpointing_enable()``) and splitting the update into
 gradient-accumulation micro-batches (``--ga``): modes ``plain``, ``remat``,
-``ga`` and ``remat_ga`` (both).
+``ga`` and ``remat_ga`` (both); and, ours only, ``blockwise`` /
+``blockwise_ga``: the model with ``attention_impl="blockwise"`` (tiles of
+the mask, flash-style recomputing backward, no ``N x N`` buffers).
 
 Each point (implementation x L1 x mode) runs in a **fresh subprocess** (so
 peaks never carry over), ``small`` preset, ``--batch`` rows (default 8),
@@ -55,9 +57,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-# ga=None: --ga micro-batches
+# ga=None: --ga micro-batches; blockwise: ours with attention_impl="blockwise" (the peer has no such mode)
 MODES = {"plain": dict(remat=False, ga=1), "remat": dict(remat=True, ga=1), "ga": dict(remat=False, ga=None),
-         "remat_ga": dict(remat=True, ga=None)}
+         "remat_ga": dict(remat=True, ga=None), "blockwise": dict(remat=False, ga=1, blockwise=True),
+         "blockwise_ga": dict(remat=False, ga=None, blockwise=True)}
 MiB = 1024.0 * 1024.0
 
 
@@ -127,6 +130,8 @@ def child_ours(args) -> dict:
     tok = load_tokenizer("tasks")
     cfg = tj.get_preset(args.preset).replace(vocab_size=tok.vocab_size, mask_token_id=tok.mask_id,
                                              pad_token_id=tok.pad_id, eos_token_id=tok.eos_id, remat=mode["remat"])
+    if mode.get("blockwise"):
+        cfg = cfg.replace(attention_impl="blockwise")
     graphdef, params = tj.split_model(tj.init_model(cfg, seed=0))
     R, L1 = args.batch, args.one_l1
     rows = synthetic_rows(tok, args.l0, L1, R // 4, 4, 0)
@@ -281,7 +286,7 @@ def main(argv=None):
         for L1 in sorted(set(l1s) | set(peer_l1s)):
             for mode in modes:
                 for impl in ("ours", "peer"):
-                    if L1 not in (l1s if impl == "ours" else peer_l1s):
+                    if L1 not in (l1s if impl == "ours" else peer_l1s) or (impl == "peer" and MODES[mode].get("blockwise")):
                         continue
                     r = run_child(args, impl, L1, mode, data_dir)
                     r.update(impl=impl, L1=L1, N=args.l0 + 2 * L1, mode=mode,

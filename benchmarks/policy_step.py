@@ -423,12 +423,20 @@ def main(argv=None):
               + (f"; forward only {vs_peer['forward_speedup']:.2f}x wall ({vs_peer['forward_speedup_cpu']:.2f}x CPU)"
                  if "forward_speedup" in vs_peer else ""))
         targets["policy_step_over_peer"] = dict(value=vs_peer["step_speedup"], cpu_value=vs_peer["step_speedup_cpu"],
-                                                target=1.5, met=vs_peer["step_speedup"] >= 1.5)
+                                                target=1.5, met=min(vs_peer["step_speedup"], vs_peer["step_speedup_cpu"]) >= 1.5)
+        if "policy_step_blockwise" in t:
+            vs_peer.update(blockwise_step_speedup=t["peer_policy_step"] / t["policy_step_blockwise"],
+                           blockwise_step_speedup_cpu=tc["peer_policy_step"] / tc["policy_step_blockwise"])
+            print(f"ours with blockwise attention vs the peer: {vs_peer['blockwise_step_speedup']:.2f}x faster wall "
+                  f"({vs_peer['blockwise_step_speedup_cpu']:.2f}x CPU time)")
+            targets["policy_step_blockwise_over_peer"] = dict(
+                value=vs_peer["blockwise_step_speedup"], cpu_value=vs_peer["blockwise_step_speedup_cpu"], target=1.5,
+                met=min(vs_peer["blockwise_step_speedup"], vs_peer["blockwise_step_speedup_cpu"]) >= 1.5)
     targets["policy_step_mfu"] = dict(value=results[0]["mfu"], cpu_value=results[0]["mfu_cpu"], target=0.5,
-                                      met=results[0]["mfu"] >= 0.5)
+                                      met=min(results[0]["mfu"], results[0]["mfu_cpu"]) >= 0.5)
     for k, v in targets.items():
         print(f"target {k}: {v['value']:.3f} (CPU time: {v['cpu_value']:.3f}), target >= {v['target']:g}: "
-              f"{'MET' if v['met'] else 'NOT MET'}")
+              f"{'MET' if v['met'] else 'NOT MET'} (speed-ups: met only if wall and CPU-time ratios both pass)")
     load = meter.summary()
     note = common.load_note(env, load)
     print(note)

@@ -434,13 +434,14 @@ def main(argv=None):
                 key=lambda x: x["ratio"], default=None)
         if t is not None:
             targets["small_B1_ours_over_peer_tok_s"] = dict(value=t["ratio"], cpu_value=t["cpu_ratio"], target=5.0,
-                                                            met=t["ratio"] >= 5.0, torch_threads=t["torch_threads"])
+                                                            met=min(t["ratio"], t["cpu_ratio"]) >= 5.0,
+                                                            torch_threads=t["torch_threads"])
     o1 = next((x for x in results if x["preset"] == "small" and x["batch"] == 1 and x["variant"] == "static"), None)
     o32 = next((x for x in results if x["preset"] == "small" and x["batch"] == 32 and x["variant"] == "static"), None)
     if o1 is not None and o32 is not None:
         v = o32["tokens_per_s"] / o1["tokens_per_s"]
         targets["small_B32_over_B1_tok_s"] = dict(value=v, cpu_value=o32["tokens_per_cpu_s"] / o1["tokens_per_cpu_s"],
-                                                  target=10.0, met=v >= 10.0)
+                                                  target=10.0, met=v >= 10.0)  # wall time: the cores used count here
     for k, t in targets.items():
         print(f"target {k}: {t['value']:.2f} (CPU time: {t['cpu_value']:.2f}), target >= {t['target']:g}: "
               f"{'MET' if t['met'] else 'NOT MET'}")
