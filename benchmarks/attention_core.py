@@ -7,7 +7,9 @@ it times, side by side and interleaved, in process CPU time:
 
 * attention of one layer, forward and forward+backward: ours
   (``tracerl_jax.attention.dot_product_attention``, the dense XLA einsum
-  path the model uses), ``jax.nn.dot_product_attention`` (XLA's own), and
+  path the model uses by default), ``jax.nn.dot_product_attention`` (XLA's
+  own), ours blockwise (``tracerl_jax.blockwise_attention``, default tiles),
+  and
   ``torch.nn.functional.scaled_dot_product_attention`` with the same mask as
   a float additive mask (what the peer's ``sdpa`` attention runs);
 * the decoder layer's matmul shapes (``[R*N, d] @ [d, inter]`` and back,
@@ -39,6 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import tracerl_jax as tj  # noqa: E402
 from tracerl_jax.attention import dense_mask, dot_product_attention, extended_info  # noqa: E402
+from tracerl_jax.blockwise_attention import blockwise_attention  # noqa: E402
 
 import _common as common  # noqa: E402
 
@@ -78,8 +81,10 @@ def main(argv=None):
     xla_f = jax.jit(lambda q, k, v, m: dot_product_attention(q, k, v, m, implementation="xla"))
     ours_b = jax.jit(jax.grad(loss(None), argnums=(0, 1, 2)))
     xla_b = jax.jit(jax.grad(loss("xla"), argnums=(0, 1, 2)))
+    bw_f = jax.jit(lambda q, k, v: blockwise_attention(q, k, v, info))
+    bw_b = jax.jit(jax.grad(lambda q, k, v: jnp.sum(blockwise_attention(q, k, v, info) ** 2), argnums=(0, 1, 2)))
     tq, tk, tv = (torch.from_numpy(x).transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
-    tmask = torch_peer.additive(torch.from_numpy(np.asarray(mask)))
+    tmask = torch_peer.additive(torch.from_numpy(np.array(mask)))
 
     def sdpa_f():
         with torch.no_grad():
@@ -98,9 +103,11 @@ def main(argv=None):
     calls = {
         "attention fwd / ours (einsum)": lambda: ours_f(jq, jk, jv, mask),
         "attention fwd / jax.nn (xla)": lambda: xla_f(jq, jk, jv, mask),
+        "attention fwd / ours blockwise": lambda: bw_f(jq, jk, jv),
         "attention fwd / torch sdpa": sdpa_f,
         "attention fwd+bwd / ours (einsum)": lambda: ours_b(jq, jk, jv, mask),
         "attention fwd+bwd / jax.nn (xla)": lambda: xla_b(jq, jk, jv, mask),
+        "attention fwd+bwd / ours blockwise": lambda: bw_b(jq, jk, jv),
         "attention fwd+bwd / torch sdpa": sdpa_b,
     }
     flops = {}

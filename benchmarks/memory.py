@@ -37,8 +37,9 @@ processes out; the peer at large L1 is skipped unless asked for
 
 Usage::
 
-    nice -n 10 python benchmarks/memory.py                       # default grid (see --help)
-    nice -n 10 python benchmarks/memory.py --l1 256,512,1024,2048 --peer-l1 256,512,1024,2048 --limit-gb 18
+    nice -n 10 python benchmarks/memory.py                       # L1 256, 512; plain, ga, blockwise; peer at 256
+    nice -n 10 python benchmarks/memory.py --l1 256,512,1024,2048 --peer-l1 256,512,1024 \
+        --modes plain,remat,ga,remat_ga,blockwise,blockwise_ga --limit-gb 10 --timeout-s 1800   # full grid
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="small")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--l0", type=int, default=64)
-    p.add_argument("--l1", default="256,512,1024,2048", help="response lengths for ours")
-    p.add_argument("--peer-l1", default="256,512",
+    p.add_argument("--l1", default="256,512", help="response lengths for ours (full grid: 256,512,1024,2048)")
+    p.add_argument("--peer-l1", default="256",
                    help="response lengths for the PyTorch peer ('' to skip it; it is slow at large L1)")
-    p.add_argument("--modes", default="plain,remat,ga", help=f"subset of {list(MODES)}")
+    p.add_argument("--modes", default="plain,ga,blockwise", help=f"subset of {list(MODES)}")
     p.add_argument("--ga", type=int, default=4, help="micro-batches of the 'ga' mode")
     p.add_argument("--limit-gb", type=float, default=12.0, help="address-space limit of every child (GiB)")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per child")

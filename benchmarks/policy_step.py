@@ -418,8 +418,8 @@ def main(argv=None):
         if "peer_policy_forward" in t:
             vs_peer.update(forward_speedup=t["peer_policy_forward"] / t["policy_forward"],
                            forward_speedup_cpu=tc["peer_policy_forward"] / tc["policy_forward"])
-        print(f"ours vs PyTorch eager peer ({env['torch_threads']} torch threads, {args.peer_attn}): policy step "
-              f"{vs_peer['step_speedup']:.2f}x faster wall ({vs_peer['step_speedup_cpu']:.2f}x CPU time)"
+        print(f"speed ours / PyTorch eager peer ({env['torch_threads']} torch threads, {args.peer_attn}; > 1: ours "
+              f"faster): policy step {vs_peer['step_speedup']:.2f}x wall ({vs_peer['step_speedup_cpu']:.2f}x CPU time)"
               + (f"; forward only {vs_peer['forward_speedup']:.2f}x wall ({vs_peer['forward_speedup_cpu']:.2f}x CPU)"
                  if "forward_speedup" in vs_peer else ""))
         targets["policy_step_over_peer"] = dict(value=vs_peer["step_speedup"], cpu_value=vs_peer["step_speedup_cpu"],
@@ -427,7 +427,7 @@ def main(argv=None):
         if "policy_step_blockwise" in t:
             vs_peer.update(blockwise_step_speedup=t["peer_policy_step"] / t["policy_step_blockwise"],
                            blockwise_step_speedup_cpu=tc["peer_policy_step"] / tc["policy_step_blockwise"])
-            print(f"ours with blockwise attention vs the peer: {vs_peer['blockwise_step_speedup']:.2f}x faster wall "
+            print(f"speed ours with blockwise attention / peer: {vs_peer['blockwise_step_speedup']:.2f}x wall "
                   f"({vs_peer['blockwise_step_speedup_cpu']:.2f}x CPU time)")
             targets["policy_step_blockwise_over_peer"] = dict(
                 value=vs_peer["blockwise_step_speedup"], cpu_value=vs_peer["blockwise_step_speedup_cpu"], target=1.5,

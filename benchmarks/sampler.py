@@ -64,7 +64,8 @@ is what a user sees on an idle one.
 
 Usage::
 
-    nice -n 10 python benchmarks/sampler.py
+    nice -n 10 python benchmarks/sampler.py                  # B = 1,8,32; PyTorch peer at B = 1,32
+    nice -n 10 python benchmarks/sampler.py --batches 1,8,32,128 --peer-batches 1,8,32,128     # full grid
     nice -n 10 python benchmarks/sampler.py --presets small --batches 1,32 --trained-batches ''
 """
 
@@ -102,7 +103,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="tiny,small", help="comma-separated model presets")
-    p.add_argument("--batches", default="1,8,32,128", help="comma-separated batch sizes")
+    p.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes (full grid: 1,8,32,128)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {list(VARIANTS)}")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--gen-length", type=int, default=256)
@@ -119,7 +120,8 @@ def parse_args(argv=None):
                         "column; costs about one more sampler call per round); '' for none")
     p.add_argument("--peer-variants", default="static,dynamic",
                    help="variants also run by the PyTorch eager peer (benchmarks/torch_peer.py); '' for none")
-    p.add_argument("--peer-batches", default="1,8,32,128", help="batch sizes at which the peer runs")
+    p.add_argument("--peer-batches", default="1,32",
+                   help="batch sizes at which the peer runs (full grid: 1,8,32,128)")
     p.add_argument("--peer-attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention of the peer")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch intra-op threads (0: the cores this process may use, as XLA)")
