@@ -237,7 +237,7 @@ def test_bf16_compute(tiny, param_dtype):
     assert np.all(np.isfinite(np.asarray(out.logits)))
     assert np.abs(np.asarray(out.logits) - np.asarray(ref)).max() < 0.03  # measured ~5e-3
     cache = make_cache(m.config, B, L + 4)
-    assert cache.k.dtype == jnp.bfloat16
+    assert all(a.dtype == jnp.bfloat16 for a in cache.k + cache.v)
     out2 = forward(g, p, tok, pos, info, cache, write_cache=True)
     assert int(out2.cache.length) == L
 

@@ -78,8 +78,10 @@ def test_cache_write_fills_only_the_new_slots(setup):
     cache0 = make_cache(cfg, B, T)
     c1 = fwd(graphdef, params, tok[:, :LP], pos[:, :LP], _slice(info, 0, LP), cache0, write_cache=True).cache
     # Untouched slots stay zero and invalid; written slots carry the queries' info, clean.
-    assert np.all(np.asarray(c1.k[:, :, LP:]) == 0)
+    assert all(np.all(np.asarray(k[..., LP:]) == 0) for k in c1.k)  # keys [B, Hkv, D, T]
+    assert all(np.all(np.asarray(v[:, :, LP:]) == 0) for v in c1.v)  # values [B, Hkv, T, D]
     assert not np.any(np.asarray(c1.info.valid[:, LP:]))
     np.testing.assert_array_equal(np.asarray(c1.info.valid[:, :LP]), np.asarray(info.valid[:, :LP]))
     assert not np.any(np.asarray(c1.info.noised))
-    assert np.abs(np.asarray(c1.k[:, :, :LP])).max() > 0
+    assert all(np.abs(np.asarray(k[..., :LP])).max() > 0 for k in c1.k)
+    assert all(np.abs(np.asarray(v[:, :, :LP])).max() > 0 for v in c1.v)

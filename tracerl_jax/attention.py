@@ -244,6 +244,42 @@ def dot_product_attention(
     return out.reshape(B, Q, H, D)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, past_k: jax.Array, past_v: jax.Array,
+                     mask: jax.Array) -> jax.Array:
+    """:func:`dot_product_attention` over ``[cached | new]`` keys, reading the cache in place.
+
+    The same function as ``dot_product_attention(q, concat([past, new]),
+    ..., mask)`` up to float rounding (one softmax over both parts), without
+    building the concatenation: the cache is read by a GEMM batched over
+    ``(B, Hkv)`` in its stored layout.
+
+    Args:
+      q: ``[B, Q, H, D]``; k, v: ``[B, Q, Hkv, D]`` the new tokens' keys/values.
+      past_k: ``[B, Hkv, D, T]``, past_v: ``[B, Hkv, T, D]`` (the
+        :mod:`tracerl_jax.kv_cache` layout).
+      mask: bool ``[B, 1 or H, Q, T + Q]``, cached slots first.
+
+    Returns:
+      ``[B, Q, H, D]`` in ``q.dtype``.
+    """
+    B, Q, H, D = q.shape
+    Hkv, T = past_v.shape[1], past_v.shape[2]
+    if H % Hkv:
+        raise ValueError(f"num heads {H} is not a multiple of kv heads {Hkv}")
+    G = H // Hkv
+    qh = q.reshape(B, Q, Hkv, G, D).transpose(0, 2, 3, 1, 4)          # [B, Hkv, G, Q, D], small
+    past_k, past_v = past_k.astype(k.dtype), past_v.astype(v.dtype)
+    s_past = jnp.einsum("bhgqd,bhdt->bhgqt", qh, past_k, preferred_element_type=jnp.float32)
+    s_new = jnp.einsum("bhgqd,bkhd->bhgqk", qh, k, preferred_element_type=jnp.float32)
+    scores = jnp.concatenate([s_past, s_new], axis=-1) * (1.0 / np.sqrt(D)).astype(np.float32)
+    m = mask.reshape(B, -1, 1, Q, T + Q) if mask.shape[1] == 1 else mask.reshape(B, Hkv, G, Q, -1)
+    probs = jax.nn.softmax(jnp.where(m, scores, NEG_INF), axis=-1).astype(v.dtype)
+    # Outputs in the GEMMs' natural [B, Hkv, G, Q, D] order; only the small result is transposed.
+    out = (jnp.einsum("bhgqt,bhtd->bhgqd", probs[..., :T], past_v)
+           + jnp.einsum("bhgqk,bkhd->bhgqd", probs[..., T:], v))
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, Q, H, D)
+
+
 def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, info: MaskInfo, *, implementation: str = "dense",
                    q_tile: int = 64, k_tile: int = 64) -> jax.Array:
     """Self-attention (no KV cache) under the mask of ``info``, by the chosen implementation.

@@ -8,6 +8,15 @@ final its clean K/V are written once, with ``lax.dynamic_update_slice``, at
 the cursor. Every batch row shares the cursor (the samplers keep all rows on
 one block grid and mark padding through ``info.valid``), so a write is a
 single static-shape slice update.
+
+Each layer has its own buffers, head-major: keys ``[B, Hkv, D, T]``
+(transposed) and values ``[B, Hkv, T, D]``, so a block's attention against
+the cache is two plain GEMMs batched over ``(B, Hkv)``, ``q @ K`` and
+``p @ V``, that read the buffers in place. A single token-major
+``[layers, B, T, Hkv, D]`` array made XLA:CPU copy and transpose every
+layer's slice of the cache for every denoising forward: the sampler ran
+1.2x (batch 1) to 1.4x (batch 32) slower with it (benchmarks/README.md,
+"KV cache layout").
 """
 
 from __future__ import annotations
@@ -25,21 +34,26 @@ class KVCache(NamedTuple):
     """Keys/values of committed tokens.
 
     Attributes:
-      k: ``[layers, B, T, Hkv, D]`` keys (after QK-norm and RoPE).
-      v: ``[layers, B, T, Hkv, D]`` values.
+      k: tuple of ``layers`` arrays ``[B, Hkv, D, T]``: keys after QK-norm and
+        RoPE, transposed (slot index last).
+      v: tuple of ``layers`` arrays ``[B, Hkv, T, D]``: values.
       info: ``MaskInfo`` of the cached slots, fields ``[B, T]``; unwritten
         slots have ``valid=False``.
       length: int32 scalar, number of slots written so far (the write cursor).
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     info: MaskInfo
     length: jax.Array
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.v[0].shape[2]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.k)
 
 
 def init(num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
@@ -51,16 +65,22 @@ def init(num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim:
       dtype: K/V dtype (usually the model's compute dtype).
 
     Returns:
-      ``KVCache`` with ``k, v`` of shape ``[num_layers, batch, max_len,
-      num_kv_heads, head_dim]`` zeros, every slot invalid, ``length = 0``.
+      ``KVCache`` with ``num_layers`` zero key arrays ``[batch, num_kv_heads,
+      head_dim, max_len]`` and value arrays ``[batch, num_kv_heads, max_len,
+      head_dim]``, every slot invalid, ``length = 0``.
     """
-    shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    shape = (batch, num_kv_heads, max_len, head_dim)
+    kshape = (batch, num_kv_heads, head_dim, max_len)
     info = MaskInfo(
         jnp.zeros((batch, max_len), jnp.int32),
         jnp.zeros((batch, max_len), bool),
         jnp.zeros((batch, max_len), bool),
     )
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), info, jnp.zeros((), jnp.int32))
+    zeros = tuple(jnp.zeros(kshape, dtype) for _ in range(num_layers))
+    return KVCache(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)), info,
+                   jnp.zeros((), jnp.int32))
 
 
 def write(cache: KVCache, k: jax.Array, v: jax.Array, info: MaskInfo) -> KVCache:
@@ -68,7 +88,8 @@ def write(cache: KVCache, k: jax.Array, v: jax.Array, info: MaskInfo) -> KVCache
 
     Args:
       cache: the cache.
-      k, v: ``[layers, B, Q, Hkv, D]`` new keys/values.
+      k, v: new keys/values, ``[layers, B, Q, Hkv, D]`` or a sequence of
+        ``layers`` arrays ``[B, Q, Hkv, D]`` (what the model's layers return).
       info: ``MaskInfo`` of the new slots, fields ``[B, Q]``. Written as clean
         (``noised=False``): only final tokens are ever cached.
 
@@ -78,13 +99,17 @@ def write(cache: KVCache, k: jax.Array, v: jax.Array, info: MaskInfo) -> KVCache
       whole canvas up front (the samplers do).
     """
     at = cache.length
-    k_new = lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, 0, at, 0, 0))
-    v_new = lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, 0, at, 0, 0))
+    if len(k) != len(cache.k) or len(v) != len(cache.v):
+        raise ValueError(f"k/v must hold {len(cache.k)} layers, got {len(k)} and {len(v)}")
+    k_new = tuple(lax.dynamic_update_slice(buf, new.transpose(0, 2, 3, 1).astype(buf.dtype), (0, 0, 0, at))
+                  for buf, new in zip(cache.k, k))
+    v_new = tuple(lax.dynamic_update_slice(buf, jnp.swapaxes(new, 1, 2).astype(buf.dtype), (0, 0, at, 0))
+                  for buf, new in zip(cache.v, v))
     clean = MaskInfo(info.block.astype(jnp.int32), jnp.zeros_like(info.noised, bool), info.valid)
     new_info = MaskInfo(*(lax.dynamic_update_slice(a, b, (0, at)) for a, b in zip(cache.info, clean)))
-    return KVCache(k_new, v_new, new_info, at + k.shape[2])
+    return KVCache(k_new, v_new, new_info, at + k[0].shape[1])
 
 
 def layer_kv(cache: KVCache, layer: int) -> tuple[jax.Array, jax.Array]:
-    """Keys and values of one layer, each ``[B, T, Hkv, D]``."""
+    """Keys ``[B, Hkv, D, T]`` and values ``[B, Hkv, T, D]`` of one layer."""
     return cache.k[layer], cache.v[layer]

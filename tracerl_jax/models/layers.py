@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from tracerl_jax.attention import MaskInfo, dot_product_attention, self_attention
+from tracerl_jax.attention import MaskInfo, cached_attention, dot_product_attention, self_attention
 from tracerl_jax.models.config import ModelConfig
 
 # HF's initializer_range for Qwen3/SDAR; only matters for fresh (untrained) models.
@@ -69,6 +69,20 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
+def dense(layer: nnx.Linear, x: jax.Array) -> jax.Array:
+    """``layer(x)`` on ``x [..., d_in]`` flattened to ``[prod(...), d_in]``; returns ``[..., d_out]``.
+
+    Same product as ``layer(x)``. Why flatten: XLA:CPU differentiates a
+    ``[B, Q, d]`` dot_general into weight-gradient dots whose operand it
+    first transposes in a slow loop fusion (with the SwiGLU backward fused
+    into it); on 2-D activations it emits plain GEMMs. That halved the MLP's
+    forward+backward CPU time at the policy step's shapes
+    (benchmarks/README.md, "2-D projections").
+    """
+    lead = x.shape[:-1]
+    return layer(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+
+
 def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
     return nnx.Linear(d_in, d_out, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                       kernel_init=normal_init(), rngs=rngs)
@@ -95,30 +109,28 @@ class Attention(nnx.Module):
                  past_k: Optional[jax.Array] = None, past_v: Optional[jax.Array] = None):
         """Args: x ``[B, Q, d]``; cos/sin ``[B, Q, D/2]``; mask bool ``[B, 1|H, Q, K]``, or
         the queries' ``MaskInfo`` (no past K/V: self-attention by ``config.attention_impl``);
-        past_k/past_v ``[B, T, Hkv, D]`` or None (then ``K = Q``, else ``K = T + Q``).
+        past_k ``[B, Hkv, D, T]`` / past_v ``[B, Hkv, T, D]`` (the cache layout) or None (then ``K = Q``, else ``K = T + Q``).
 
         Returns: ``(out [B, Q, d], k [B, Q, Hkv, D], v [B, Q, Hkv, D])`` where
         ``k`` is post-norm, post-RoPE (what a KV cache stores).
         """
         B, Q, _ = x.shape
-        q = self.q_proj(x).reshape(B, Q, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(B, Q, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(B, Q, self.num_kv_heads, self.head_dim)
+        q = dense(self.q_proj, x).reshape(B, Q, self.num_heads, self.head_dim)
+        k = dense(self.k_proj, x).reshape(B, Q, self.num_kv_heads, self.head_dim)
+        v = dense(self.v_proj, x).reshape(B, Q, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        keys, values = k, v
-        if past_k is not None:
-            keys = jnp.concatenate([past_k.astype(k.dtype), k], axis=1)
-            values = jnp.concatenate([past_v.astype(v.dtype), v], axis=1)
         if isinstance(mask, MaskInfo):
             if past_k is not None:
                 raise ValueError("a MaskInfo mask is for self-attention without past K/V")
             out = self_attention(q, k, v, mask, implementation=self.attention_impl, q_tile=self.tiles[0],
                                  k_tile=self.tiles[1])
+        elif past_k is not None:
+            out = cached_attention(q, k, v, past_k, past_v, mask)
         else:
-            out = dot_product_attention(q, keys, values, mask)
-        return self.o_proj(out.reshape(B, Q, self.num_heads * self.head_dim)), k, v
+            out = dot_product_attention(q, k, v, mask)
+        return dense(self.o_proj, out.reshape(B, Q, self.num_heads * self.head_dim)), k, v
 
 
 class MLP(nnx.Module):
@@ -130,7 +142,7 @@ class MLP(nnx.Module):
         self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return dense(self.down_proj, jax.nn.silu(dense(self.gate_proj, x)) * dense(self.up_proj, x))
 
 
 class DecoderLayer(nnx.Module):

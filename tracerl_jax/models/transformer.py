@@ -110,17 +110,19 @@ class Transformer(nnx.Module):
             new_v.append(v)
         hidden = self.norm(x)
         if write_cache:
-            cache = kvc.write(cache, jnp.stack(new_k), jnp.stack(new_v), mask_info)
+            cache = kvc.write(cache, new_k, new_v, mask_info)
         return hidden, cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM head: ``hidden [B, Q, d]`` -> float32 logits ``[B, Q, V]``."""
         cfg = self.config
         if cfg.tie_word_embeddings:
-            w = self.embed_tokens.embedding[...].astype(cfg.compute_dtype)
-            return jnp.einsum("bqd,vd->bqv", hidden, w, preferred_element_type=jnp.float32)
-        w = self.lm_head.kernel[...].astype(cfg.compute_dtype)
-        return jnp.einsum("bqd,dv->bqv", hidden, w, preferred_element_type=jnp.float32)
+            w, spec = self.embed_tokens.embedding[...].astype(cfg.compute_dtype), "nd,vd->nv"
+        else:
+            w, spec = self.lm_head.kernel[...].astype(cfg.compute_dtype), "nd,dv->nv"
+        # 2-D for the same reason as layers.dense (plain GEMMs in the backward on XLA:CPU).
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return jnp.einsum(spec, flat, w, preferred_element_type=jnp.float32).reshape(*hidden.shape[:-1], -1)
 
     def __call__(self, tokens, positions, mask_info, cache=None, *, write_cache=False,
                  dense_mask=None) -> ForwardOutput:
@@ -171,7 +173,7 @@ def forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mask_info
       positions: int ``[B, Q]`` RoPE positions (explicit; padding arbitrary).
       mask_info: ``MaskInfo`` of the queries, fields ``[B, Q]`` (``block``
         int, ``noised``/``valid`` bool).
-      cache: optional ``KVCache`` with ``k, v [layers, B, T, Hkv, D]``.
+      cache: optional ``KVCache`` (per layer ``k, v [B, Hkv, T, D]``).
       write_cache: write the new tokens' K/V (post-norm, post-RoPE) and
         ``mask_info`` at the cache cursor and return the updated cache.
         Otherwise the input cache is returned unchanged.
@@ -346,17 +348,18 @@ def validate_inputs(cfg: ModelConfig, tokens, positions, mask_info, cache=None, 
     if cache is not None:
         if not isinstance(cache, KVCache):
             raise ValueError(f"cache must be a KVCache, got {type(cache).__name__}")
-        want = (cfg.num_layers, B, cache.k.shape[2] if cache.k.ndim == 5 else -1, cfg.num_kv_heads, cfg.head_dim)
-        for name in ("k", "v"):
-            got = getattr(cache, name).shape
-            if got != want:
-                raise ValueError(f"cache.{name} must have shape [layers, B, T, Hkv, D] = {want} for this "
-                                 f"model and batch, got {got}")
-        _check_info(cache.info, (B, cache.k.shape[2]), "cache.info")
+        T = cache.v[0].shape[2] if len(cache.v) and getattr(cache.v[0], "ndim", 0) == 4 else -1
+        for name, want, dims in (("k", (B, cfg.num_kv_heads, cfg.head_dim, T), "[B, Hkv, D, T]"),
+                                 ("v", (B, cfg.num_kv_heads, T, cfg.head_dim), "[B, Hkv, T, D]")):
+            got = [tuple(getattr(a, "shape", ())) for a in getattr(cache, name)]
+            if got != [want] * cfg.num_layers:
+                raise ValueError(f"cache.{name} must be {cfg.num_layers} layers of shape {dims} = {want} "
+                                 f"for this model and batch, got {got}")
+        _check_info(cache.info, (B, T), "cache.info")
     if write_cache and cache is None:
         raise ValueError("write_cache=True needs a cache")
     if dense_mask is not None:
-        K = Q if cache is None else cache.k.shape[2] + Q
+        K = Q if cache is None else cache.max_len + Q
         ms = getattr(dense_mask, "shape", None)
         if ms is None or len(ms) != 4 or ms[0] != B or ms[1] not in (1, cfg.num_heads) or ms[2:] != (Q, K):
             raise ValueError(f"dense_mask must have shape [B, 1|H, Q, K] = [{B}, 1|{cfg.num_heads}, {Q}, {K}], "
