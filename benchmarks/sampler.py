@@ -50,7 +50,13 @@ Where time goes: at the ``--forward-loop-batches`` sizes the model forwards
 alone (prefill plus as many ``[B, block]`` forwards against a full KV cache
 as the first variant ran, in one jitted loop without sampling or remasking)
 are timed in the same rounds; ``fwd share`` is its CPU time, scaled to each variant's forward count,
-over the sampler's. Near 1: sampling costs what its forwards cost.
+over the sampler's. Near 1: sampling costs what its forwards cost. A fused
+forward (``fuse_cache_write``: ``[finished block | noised block]``, the
+default) counts as two ``[B, block]`` forwards there, the same tokens.
+
+Variants ``static_unfused`` / ``dynamic_confident_unfused`` turn
+``fuse_cache_write`` off (a forward of its own per finished block, as the
+PyTorch peer and the reference do): the before/after of that optimisation.
 
 Timing: per (preset, batch) all variants are first called once (compile +
 one run: ``first_s``), then called round-robin, one call of each per round,
@@ -96,6 +102,9 @@ VARIANTS = {
     "static": dict(strategy="low_confidence_static"),
     "dynamic": dict(strategy="low_confidence_dynamic"),
     "dynamic_confident": dict(strategy="low_confidence_dynamic", top_k=1),
+    # The same without BlockSamplerConfig.fuse_cache_write: each finished block's K/V in a forward of its own.
+    "static_unfused": dict(strategy="low_confidence_static", fuse_cache_write=False),
+    "dynamic_confident_unfused": dict(strategy="low_confidence_dynamic", top_k=1, fuse_cache_write=False),
 }
 
 
@@ -137,7 +146,7 @@ def parse_args(argv=None):
     return args
 
 
-def forward_counts(step_map: np.ndarray, block_size: int, prompt_len: int) -> dict:
+def forward_counts(step_map: np.ndarray, block_size: int, prompt_len: int, fused: bool = False) -> dict:
     """Batch-wide forward passes of one sampler call, from its step map.
 
     Step ids are per-row, 1-based, gap-free and grow across blocks, so a row
@@ -147,10 +156,15 @@ def forward_counts(step_map: np.ndarray, block_size: int, prompt_len: int) -> di
     Args:
       step_map: int ``[B, G]``.
 
+    Args (more):
+      fused: the sampler wrote finished blocks' K/V inside the next block's
+        first denoising forward (``fuse_cache_write``): no forwards of their own.
+
     Returns:
-      dict with ``denoise`` (batch-wide denoising forwards), ``save`` (cache
-      writes of finished blocks), ``prefill`` and ``row_steps_mean`` (mean of
-      the per-row denoising forwards, ``Rollout.num_steps``).
+      dict with ``denoise`` (batch-wide denoising forwards), ``save`` (forwards
+      that only write a finished block's K/V), ``fused`` (denoising forwards
+      that also write the previous block), ``prefill`` and ``row_steps_mean``
+      (mean of the per-row denoising forwards, ``Rollout.num_steps``).
     """
     B, G = step_map.shape
     blocks = step_map.reshape(B, G // block_size, block_size)
@@ -159,8 +173,10 @@ def forward_counts(step_map: np.ndarray, block_size: int, prompt_len: int) -> di
     lo = np.where(blocks > 0, blocks, np.iinfo(np.int32).max).min(-1)
     per_row_block = np.where(ran, hi - lo + 1, 0)                               # [B, nb]
     n_blocks = int(ran.any(0).sum())
-    return {"denoise": int(per_row_block.max(0).sum()), "save": max(n_blocks - 1, 0),
-            "prefill": int(prompt_len > 0), "row_steps_mean": float(per_row_block.sum(-1).mean())}
+    writes = max(n_blocks - 1, 0)
+    return {"denoise": int(per_row_block.max(0).sum()), "save": 0 if fused else writes,
+            "fused": writes if fused else 0, "prefill": int(prompt_len > 0),
+            "row_steps_mean": float(per_row_block.sum(-1).mean())}
 
 
 def make_forward_loop(graphdef, cfg, B: int, prompt_len: int, gen_length: int, block_size: int):
@@ -217,7 +233,8 @@ def run_case(label: str, graphdef, params, cfg, samplers: dict, prompts, valid, 
         rollouts[v], first[v], _ = common.timed(calls[v], 0)
     fl_n, fl_cpu = None, []
     if forward_loop:
-        # as many block forwards as the first sampler ran (denoise + cache-save)
+        # as many [B, b] block forwards as the first sampler's denoising and cache writes (a fused
+        # forward counts as its two halves: the same tokens go through the model)
         fc0 = forward_counts(np.asarray(rollouts[names[0]].step_map), args.block_size, args.prompt_len)
         fl_n = fc0["denoise"] + fc0["save"]
         floop = make_forward_loop(graphdef, cfg, B, args.prompt_len, args.gen_length, args.block_size)
@@ -239,7 +256,8 @@ def run_case(label: str, graphdef, params, cfg, samplers: dict, prompts, valid, 
     for v in names:
         ro = rollouts[v]
         sm = np.asarray(ro.step_map)
-        fc = forward_counts(sm, args.block_size, args.prompt_len)
+        fused = v not in peers and VARIANTS.get(v, {}).get("fuse_cache_write", True)
+        fc = forward_counts(sm, args.block_size, args.prompt_len, fused=fused)
         if v in peers:  # the peer counts its forwards itself: they must agree with the step map's
             assert (ro.forwards["denoise"], ro.forwards["save"]) == (fc["denoise"], fc["save"]), (ro.forwards, fc)
         lengths = np.asarray(ro.lengths)
@@ -261,7 +279,9 @@ def run_case(label: str, graphdef, params, cfg, samplers: dict, prompts, valid, 
             tokens_per_forward=per_row / total_fwd, forwards_per_token=total_fwd / per_row,
             cpu_ms_per_forward=1e3 * c / total_fwd,
             mean_commit_confidence=float(np.asarray(ro.confidences)[committed].mean()),
-            model_forward_share=(fl_c * (fc["denoise"] + fc["save"]) / fl_n / c) if fl_c and v not in peers else None,
+            fused_cache_write=bool(fused), fused_forwards=fc["fused"],
+            model_forward_share=(fl_c * (fc["denoise"] + fc["save"] + fc["fused"]) / fl_n / c)
+            if fl_c and v not in peers else None,
             cpu_per_wall=sum(cpu[v]) / max(sum(wall[v]), 1e-9))
         out.append(res)
         print(f"  {label:>5} B={B:<4} {v:<18} first {first[v]:7.2f}s  steady {t:7.3f}s "
@@ -455,7 +475,9 @@ def main(argv=None):
         definitions={
             "tokens_per_s": "generated tokens (all rows) / median steady wall time of one sampler call",
             "denoise_forwards": "batch-wide denoising forward passes (sum over blocks of the slowest row)",
-            "forwards_per_token": "(denoise + cache-save + prefill forwards) / generated tokens per row",
+            "forwards_per_token": "(denoise + cache-save + prefill forwards) / generated tokens per row; with "
+                                  "fuse_cache_write (ours, default) there are no cache-save forwards: the first "
+                                  "denoising forward of a block also writes the previous block",
             "tokens_per_denoise_forward": "generated tokens per row / batch-wide denoising forwards",
             "row_tokens_per_denoise_forward": "sum of completion lengths / sum of per-row denoising forwards "
                                               "(Rollout.num_steps): the parallelism of a row on its own",

@@ -85,3 +85,59 @@ def test_cache_write_fills_only_the_new_slots(setup):
     assert not np.any(np.asarray(c1.info.noised))
     assert all(np.abs(np.asarray(k[..., :LP])).max() > 0 for k in c1.k)
     assert all(np.abs(np.asarray(v[:, :, :LP])).max() > 0 for v in c1.v)
+
+
+def test_truncate_forgets_slots(setup):
+    """Writing [block | next] then truncating to the first block == writing the block alone."""
+    cfg, graphdef, params, tok, pos, info, fwd = setup
+    from tracerl_jax import kv_cache
+
+    c0 = fwd(graphdef, params, tok[:, :LP], pos[:, :LP], _slice(info, 0, LP), make_cache(cfg, B, T),
+             write_cache=True).cache
+    a, b = LP, LP + 2 * BLOCK
+    both = fwd(graphdef, params, tok[:, a:b], pos[:, a:b], _slice(info, a, b), c0, write_cache=True).cache
+    kept = kv_cache.truncate(both, LP + BLOCK)
+    one = fwd(graphdef, params, tok[:, a:a + BLOCK], pos[:, a:a + BLOCK], _slice(info, a, a + BLOCK), c0,
+              write_cache=True).cache
+    assert int(kept.length) == LP + BLOCK
+    for x, y in zip(kept.info, one.info):
+        np.testing.assert_array_equal(np.asarray(x)[:, :LP + BLOCK], np.asarray(y)[:, :LP + BLOCK])
+    assert not np.asarray(kept.info.valid)[:, LP + BLOCK:].any()
+    for x, y in zip(kept.k + kept.v, one.k + one.v):  # keys [B, Hkv, D, T], values [B, Hkv, T, D]
+        xs = np.asarray(x)[..., :LP + BLOCK] if x.shape[-1] == T else np.asarray(x)[:, :, :LP + BLOCK]
+        ys = np.asarray(y)[..., :LP + BLOCK] if y.shape[-1] == T else np.asarray(y)[:, :, :LP + BLOCK]
+        np.testing.assert_allclose(xs, ys, atol=TOL, rtol=0)
+    # A later forward reads the truncated cache exactly as the one-block cache.
+    nxt = slice(LP + BLOCK, LP + 2 * BLOCK)
+    ni = _slice(info, nxt.start, nxt.stop)
+    np.testing.assert_allclose(np.asarray(fwd(graphdef, params, tok[:, nxt], pos[:, nxt], ni, kept).logits),
+                               np.asarray(fwd(graphdef, params, tok[:, nxt], pos[:, nxt], ni, one).logits),
+                               atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("compat", ["recommended", "reference"])
+def test_fused_cache_write_samples_the_same(setup, compat):
+    """BlockSamplerConfig.fuse_cache_write computes the unfused sampler's rollout (float rounding aside)."""
+    cfg, graphdef, params, *_ = setup
+    from tracerl_jax.models import cache_init_fn, sampler_forward_fn
+    from tracerl_jax.sampling import BlockSamplerConfig, make_block_sampler
+
+    rng = np.random.default_rng(1)
+    prompts = rng.integers(5, 60, (4, 9)).astype(np.int32)
+    valid = np.ones_like(prompts, bool)
+    for row, n in enumerate([0, 2, 5, 7]):
+        valid[row, :n] = False
+    outs = []
+    for fuse in (False, True):
+        # with eos 50 rows stop in different blocks (lengths 16, 16, 2, 1 / 16, 16, 2, 16)
+        scfg = BlockSamplerConfig(gen_length=16, mask_id=63, eos_id=50, pad_id=0, block_size=4, steps_per_block=2,
+                                  strategy="low_confidence_dynamic", threshold=0.05, temperature=1.0,
+                                  compat=compat, fuse_cache_write=fuse)
+        sample = make_block_sampler(sampler_forward_fn(graphdef), cache_init_fn(cfg), scfg)
+        outs.append(sample(params, prompts, valid, rng=jax.random.key(2)))
+    a, b = outs
+    assert len(set(np.asarray(a.lengths).tolist())) > 1  # some rows stopped early
+    for name in ("tokens", "step_map", "lengths", "num_steps"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
+    np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(a.confidences), np.asarray(b.confidences), atol=1e-5, rtol=0)

@@ -21,8 +21,10 @@ def toy_forward(capture=None):
     table = jax.random.normal(jax.random.key(7), (512, V)) * 3.0
 
     def fwd(params, tokens, positions, info, cache, write):
-        # Depends on position and on the current block contents (so commits change later logits).
-        ctx = jnp.sum(jnp.where(tokens == MASK, 0, tokens), axis=-1, keepdims=True)
+        # Depends on position and on the current block contents (so commits change later logits);
+        # a fused call ([final block | noised block]) sums each half on its own, as attention would.
+        same = info.noised[:, :, None] == info.noised[:, None, :]
+        ctx = jnp.sum(jnp.where(same & (tokens != MASK)[:, None, :], tokens[:, None, :], 0), axis=-1)
         logits = table[(positions * 7 + ctx) % 512] * params
         logits = logits.at[..., MASK].set(-1e9)
         if capture is not None:
@@ -70,14 +72,25 @@ def expected_commit(strategy, conf, masked, quota, tau):
     return out
 
 
+def denoising_view(call, b):
+    """A captured call as the denoising step it is: a fused call keeps only its noised half."""
+    tokens, logits, pos, noised = call
+    if noised.shape[1] == 2 * b and noised[:, b:].all() and not noised[:, :b].any():
+        return tokens[:, b:], logits[:, b:], pos[:, b:], noised[:, b:]
+    return call
+
+
+@pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("strategy,steps", [("sequential", 4), ("low_confidence_static", 3),
                                             ("low_confidence_static", 4), ("low_confidence_dynamic", 4),
                                             ("low_confidence_dynamic", 2)])
-def test_replay_matches_rules(strategy, steps):
+def test_replay_matches_rules(strategy, steps, fuse):
     capture = []
-    cfg, sampler = make(capture, strategy=strategy, steps_per_block=steps, threshold=0.5, ignore_eos=True)
+    cfg, sampler = make(capture, strategy=strategy, steps_per_block=steps, threshold=0.5, ignore_eos=True,
+                        fuse_cache_write=fuse)
     r = sampler(jnp.float32(1.0), PROMPTS, VALID)
     jax.block_until_ready(r)
+    capture[:] = [denoising_view(c, cfg.block_size) for c in capture]
     quotas = step_quotas(cfg.block_size, steps)
     checked = 0
     for row in range(PROMPTS.shape[0]):
@@ -113,6 +126,41 @@ def test_replay_matches_rules(strategy, steps):
                 ids = sm[row, blk * b:(blk + 1) * b]
                 counts = [int((ids == u).sum()) for u in np.unique(ids)]
                 np.testing.assert_array_equal(counts, [q for q in quotas if q > 0])
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_cache_write_forwards(fuse):
+    """Forward calls: prefill, denoising steps, and a finished block's K/V written once, before the
+    next block reads the cache: in its own clean forward, or fused into the next block's first step."""
+    capture = []
+    cfg, sampler = make(capture, strategy="low_confidence_static", steps_per_block=2, ignore_eos=True,
+                        fuse_cache_write=fuse)
+    r = sampler(jnp.float32(1.0), PROMPTS, VALID)
+    jax.block_until_ready(r)
+    b, nblk = cfg.block_size, cfg.gen_length // cfg.block_size
+    tokens = np.asarray(r.tokens)
+    kinds = []
+    for tok, _, pos, noised in capture:
+        if not noised.any():
+            kinds.append("prefill" if not kinds else "save")
+        elif noised.all():
+            kinds.append("denoise")
+        else:
+            kinds.append("fused")
+            assert tok.shape[1] == 2 * b and not noised[:, :b].any() and noised[:, b:].all()
+            # the clean half is the previous block, final, at its own positions
+            j = sum(k in ("denoise", "fused") for k in kinds) // cfg.steps_per_block - 1
+            np.testing.assert_array_equal(tok[:, :b], tokens[:, j * b:(j + 1) * b])
+            np.testing.assert_array_equal(pos[:, :b] + 1, pos[:, b:2 * b] - b + 1)
+    steps = nblk * cfg.steps_per_block
+    assert kinds[0] == "prefill"
+    if fuse:
+        assert kinds.count("save") == 0 and kinds.count("fused") == nblk - 1
+        assert kinds.count("denoise") + kinds.count("fused") == steps
+        assert len(kinds) == 1 + steps
+    else:
+        assert kinds.count("fused") == 0 and kinds.count("save") == nblk - 1
+        assert kinds.count("denoise") == steps and len(kinds) == 1 + steps + nblk - 1
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "low_confidence_static", "low_confidence_dynamic"])

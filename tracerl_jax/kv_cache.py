@@ -110,6 +110,26 @@ def write(cache: KVCache, k: jax.Array, v: jax.Array, info: MaskInfo) -> KVCache
     return KVCache(k_new, v_new, new_info, at + k[0].shape[1])
 
 
+def truncate(cache: KVCache, length) -> KVCache:
+    """Forgets the slots at and after ``length``: they become invalid and the cursor moves back.
+
+    Lets a forward that wrote ``[final block | block being denoised]`` keep
+    only the final block (the samplers' fused cache write): the forgotten
+    slots are never attended to and the next write overwrites them.
+
+    Args:
+      cache: the cache.
+      length: int32 scalar, slots to keep (``<= cache.length``).
+
+    Returns:
+      The cache with ``info.valid`` cleared from ``length`` on and
+      ``length = min(length, cache.length)``; K/V buffers are unchanged.
+    """
+    keep = jnp.arange(cache.max_len)[None] < length
+    info = cache.info._replace(valid=cache.info.valid & keep)
+    return cache._replace(info=info, length=jnp.minimum(cache.length, jnp.asarray(length, jnp.int32)))
+
+
 def layer_kv(cache: KVCache, layer: int) -> tuple[jax.Array, jax.Array]:
     """Keys ``[B, Hkv, D, T]`` and values ``[B, Hkv, T, D]`` of one layer."""
     return cache.k[layer], cache.v[layer]

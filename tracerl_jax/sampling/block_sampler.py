@@ -23,6 +23,14 @@ Block alignment (``compat``):
   the masks left overwrites committed/prompt-tail tokens). The reference
   trainer does not describe this context exactly (Q-T3).
 
+KV cache writes. A finished block's clean K/V enter the cache once, before
+the next block reads it. By default (``fuse_cache_write``) that happens in
+the next block's first denoising forward, over ``[finished block (clean) |
+new block (noised)]``: the clean queries cannot see the noised keys, so the
+written K/V are those a forward of the finished block alone would give, and
+the K/V written for the noised half are dropped again
+(:func:`tracerl_jax.kv_cache.truncate`). This saves one forward per block.
+
 Trajectory. ``step_map`` holds, per response token, the 1-based, per-row
 global index of the denoising forward pass that committed it (§1.8): ids
 restart nowhere, grow across blocks, have no gaps, and saving/prefill passes
@@ -73,6 +81,13 @@ class BlockSamplerConfig:
       max_new_tokens: completion budget (default ``gen_length``).
       ignore_eos: keep decoding through EOS.
       compat: ``"recommended"`` or ``"reference"`` (module docstring).
+      fuse_cache_write: write a finished block's K/V in the next block's
+        first denoising forward (one forward of ``[final block | noised
+        block]``) instead of in a forward of its own. The same function up to
+        float rounding (the final block's queries cannot see the noised
+        keys, the noised queries see what they saw before); it saves one
+        forward per block: 20% of the forwards of ``low_confidence_static``
+        with ``b = S``, half of them when blocks commit in one step.
     """
 
     gen_length: int
@@ -89,6 +104,7 @@ class BlockSamplerConfig:
     max_new_tokens: Optional[int] = None
     ignore_eos: bool = False
     compat: str = "recommended"
+    fuse_cache_write: bool = True
 
     def __post_init__(self):
         if self.block_size < 1:
@@ -194,8 +210,11 @@ def _generate(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConf
     state0 = dict(
         j=jnp.zeros((), jnp.int32), resp=resp, step=jnp.zeros((B, G), jnp.int32), logp=zeros_f,
         conf=zeros_f, finished=jnp.zeros((B,), bool), appended=jnp.zeros((B,), jnp.int32),
-        blocks_done=jnp.zeros((B,), jnp.int32), g=jnp.zeros((B,), jnp.int32), cache=cache)
+        blocks_done=jnp.zeros((B,), jnp.int32), g=jnp.zeros((B,), jnp.int32), cache=cache,
+        # The finished block whose K/V are not in the cache yet (fuse_cache_write).
+        pend=jnp.zeros((), bool), pend_blk=jnp.zeros((B, b), jnp.int32), pend_pos=jnp.zeros((B, b), jnp.int32))
     ones_bb = jnp.ones((B, b), bool)
+    clean_info = lambda j: MaskInfo(jnp.full((B, b), j, jnp.int32), jnp.zeros((B, b), bool), ones_bb)
 
     def block_body(st):
         j = st["j"]
@@ -209,10 +228,9 @@ def _generate(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConf
             active = live & jnp.any(ss["blk"] == cfg.mask_id, axis=-1)
             return (ss["s"] < S) & jnp.any(active)
 
-        def step_body(ss):
+        def denoise(ss, logits):
             masked = ss["blk"] == cfg.mask_id
             active = live & jnp.any(masked, axis=-1)
-            logits, _ = forward_fn(params, ss["blk"], blk_pos, noised_info, st["cache"], False)
             keys = jax.vmap(jax.random.fold_in)(row_keys, ss["g"])
             out = jax.vmap(lambda k, z: sample(k, z, cfg.temperature, cfg.top_k, cfg.top_p,
                                                                  exclude_id=cfg.mask_id))(keys, logits)
@@ -228,9 +246,33 @@ def _generate(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConf
                 bconf=jnp.where(commit, out.confidence, ss["bconf"]),
                 g=ss["g"] + active.astype(jnp.int32))
 
-        ss = lax.while_loop(step_cond, step_body, dict(
-            s=jnp.zeros((), jnp.int32), blk=sl(st["resp"]), bstep=sl(st["step"]), blogp=sl(st["logp"]),
-            bconf=sl(st["conf"]), g=st["g"]))
+        ss = dict(s=jnp.zeros((), jnp.int32), blk=sl(st["resp"]), bstep=sl(st["step"]), blogp=sl(st["logp"]),
+                  bconf=sl(st["conf"]), g=st["g"])
+        cache = st["cache"]
+        if cfg.fuse_cache_write:
+            # First step of the block, peeled: with a pending block, one forward of
+            # [pending block (clean) | this block (noised)] writes the pending K/V and
+            # gives this block's logits; the write of the noised half is dropped.
+            def save_pending(c):
+                return forward_fn(params, st["pend_blk"], st["pend_pos"], clean_info(j - 1), c, True)[1]
+
+            def fused(ss):
+                toks = jnp.concatenate([st["pend_blk"], ss["blk"]], axis=1)
+                pos = jnp.concatenate([st["pend_pos"], blk_pos], axis=1)
+                logits, c = forward_fn(params, toks, pos, clean_info(j - 1).concat(noised_info), cache, True)
+                return denoise(ss, logits[:, b:]), kvc.truncate(c, cache.length + b)
+
+            def plain(ss):
+                return denoise(ss, forward_fn(params, ss["blk"], blk_pos, noised_info, cache, False)[0]), cache
+
+            branches = [lambda ss: (ss, cache), plain, lambda ss: (ss, save_pending(cache)), fused]
+            ss, cache = lax.switch(2 * st["pend"].astype(jnp.int32) + step_cond(ss).astype(jnp.int32),
+                                   branches, ss)
+
+        def step_body(ss):
+            return denoise(ss, forward_fn(params, ss["blk"], blk_pos, noised_info, cache, False)[0])
+
+        ss = lax.while_loop(step_cond, step_body, ss)
         blk = ss["blk"]
 
         # Commit scan (§1.7): EOS is checked before the budget, so EOS at the cap is kept.
@@ -244,16 +286,16 @@ def _generate(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConf
         n_app = st["appended"] + jnp.where(live, jnp.sum(appended, -1), 0).astype(jnp.int32)
         finished = st["finished"] | (live & (jnp.any(stop, -1) | (n_app >= cfg.budget)))
 
-        def save(cache):
-            clean_info = MaskInfo(jnp.full((B, b), j, jnp.int32), jnp.zeros((B, b), bool), ones_bb)
-            return forward_fn(params, blk, blk_pos, clean_info, cache, True)[1]
-
-        cache = lax.cond(jnp.any(~finished) & (j + 1 < num_blocks), save, lambda c_: c_, st["cache"])
+        more = jnp.any(~finished) & (j + 1 < num_blocks)   # another block follows: it needs this one's K/V
+        if not cfg.fuse_cache_write:
+            save = lambda c: forward_fn(params, blk, blk_pos, clean_info(j), c, True)[1]
+            cache = lax.cond(more, save, lambda c_: c_, cache)
         up = lambda a, v: lax.dynamic_update_slice_in_dim(a, v, off, axis=1)
         return dict(
             j=j + 1, resp=up(st["resp"], blk), step=up(st["step"], ss["bstep"]), logp=up(st["logp"], ss["blogp"]),
             conf=up(st["conf"], ss["bconf"]), finished=finished, appended=n_app,
-            blocks_done=st["blocks_done"] + live.astype(jnp.int32), g=ss["g"], cache=cache)
+            blocks_done=st["blocks_done"] + live.astype(jnp.int32), g=ss["g"], cache=cache,
+            pend=more & cfg.fuse_cache_write, pend_blk=blk, pend_pos=blk_pos)
 
     st = lax.while_loop(lambda s: (s["j"] < num_blocks) & jnp.any(~s["finished"]), block_body, state0)
 
