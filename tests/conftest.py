@@ -1,7 +1,35 @@
-"""Shared pytest setup: CPU JAX, fp32 matmuls, deterministic."""
+"""Shared pytest setup: CPU JAX, fp32 matmuls, deterministic; one XLA compilation cache per test session."""
 import os
+import shutil
+import sys
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Exact fp32 matmuls so parity tests compare like with like.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# A persistent XLA compilation cache private to this test session, shared by the pytest-xdist
+# workers and every subprocess they start (they inherit the environment): a program that several
+# tests compile (the tiny model's sampler, the policy step, the examples' programs) is compiled
+# once per session instead of once per test and process. It only skips recompiling identical
+# programs; what runs is the same. The controller (or a run without xdist) creates the directory
+# before the workers start and removes it at the end.
+_CACHE_VAR = "TRACERL_TEST_XLA_CACHE"
+_OWN_CACHE = None
+if "PYTEST_XDIST_WORKER" not in os.environ and _CACHE_VAR not in os.environ:
+    _OWN_CACHE = os.environ[_CACHE_VAR] = tempfile.mkdtemp(prefix="tracerl_xla_cache_")
+if _CACHE_VAR in os.environ:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ[_CACHE_VAR])
+    # A size limit turns on JAX's file lock, so concurrent processes never read a half-written entry.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+    if "jax" in sys.modules:   # imported by a plugin before this file: its config has read the environment
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -43,10 +43,11 @@ def digit_reward(texts, examples, lengths):
 
 @pytest.fixture(scope="session")
 def run_env(tmp_path_factory):
-    """Environment of the example subprocesses: CPU, a persistent compilation cache shared by the session."""
+    """Environment of the example subprocesses: CPU, a persistent compilation cache shared by the session
+    (conftest.py's, which the pytest-xdist workers share, else one of this worker's own)."""
     env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO),
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
+    cache = os.environ.get("TRACERL_TEST_XLA_CACHE") or str(tmp_path_factory.mktemp("xla_cache"))
+    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=cache,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("XLA_FLAGS", None)   # one CPU device per process
     return env
