@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_same_update_on_1_and_8_devices(tmp_path):
     loss1, flat1, metrics, params0, _ = case.run(None)
     assert float(metrics["skipped"]) == 0.0 and np.isfinite(loss1)
-    out = tmp_path / "mesh.npz"
+    out, rows = tmp_path / "mesh.npz", tmp_path / "case.pkl"
+    case.save_case(rows)   # the same rows, not sampled again on 8 devices
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-m", "tests.helpers.policy_step_case", str(out)], cwd=ROOT, env=env,
-                   check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "tests.helpers.policy_step_case", str(out), str(rows)], cwd=ROOT,
+                   env=env, check=True, timeout=300)
     res = np.load(out)
     changed = 0
     for shape in ["8x1x1", "2x2x2", "1x4x2"]:

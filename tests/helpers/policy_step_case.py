@@ -1,11 +1,14 @@
 """A deterministic TraceRL policy-step case shared by the in-process and multi-device tests.
 
-Run as a script (``python -m tests.helpers.policy_step_case OUT.npz``) it
+Run as a script (``python -m tests.helpers.policy_step_case OUT.npz [CASE.pkl]``) it
 executes the step on several meshes of the visible devices and saves the
-results; imported, it gives the single-device baseline.
+results; imported, it gives the single-device baseline. ``CASE.pkl``
+(:func:`save_case`) hands the script the rollout rows the caller already
+built, so it does not sample them again.
 """
 
 import functools
+import pickle
 import sys
 
 import jax
@@ -26,6 +29,7 @@ CFG = ModelConfig(vocab_size=32, hidden_size=64, intermediate_size=128, num_laye
                   tie_word_embeddings=False, mask_token_id=MASK, pad_token_id=PAD, eos_token_id=EOS,
                   model_type="sdar", max_position_embeddings=128)
 GA = 2
+_LOADED = None   # set by load_case
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,8 +53,25 @@ def _rollout_rows():
     return graphdef, params, rows, logp_old, adv
 
 
+def save_case(path) -> None:
+    """Writes the case's rows, old log-probs and advantages (host arrays) for the script to load."""
+    _, _, rows, logp_old, adv = _rollout_rows()
+    with open(path, "wb") as f:
+        pickle.dump(jax.tree.map(np.asarray, (rows, logp_old, adv)), f)
+
+
+def load_case(path) -> None:
+    """Uses the rows saved by :func:`save_case` instead of sampling them (the same model: ``init_model`` is
+    deterministic)."""
+    with open(path, "rb") as f:
+        rows, logp_old, adv = jax.tree.map(jnp.asarray, pickle.load(f))
+    graphdef, params = split_model(init_model(CFG, seed=0))
+    global _LOADED
+    _LOADED = (graphdef, params, rows, logp_old, adv)
+
+
 def build_case(corrupt: bool = False):
-    graphdef, params, rows, logp_old, adv = _rollout_rows()
+    graphdef, params, rows, logp_old, adv = _LOADED or _rollout_rows()
     if corrupt:
         adv = adv.at[3].set(jnp.nan)
     batch = dict(rows=rows, logp_old=logp_old, advantages=adv, **batch_scalars(rows.row_valid, GA, 16))
@@ -75,6 +96,8 @@ def run(mesh_shape=None, corrupt=False):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        load_case(sys.argv[2])
     out = {}
     for shape in [(8, 1, 1), (2, 2, 2), (1, 4, 2)]:
         loss, flat, _, _, _ = run(shape)
