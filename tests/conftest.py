@@ -20,14 +20,13 @@ _OWN_CACHE = None
 if "PYTEST_XDIST_WORKER" not in os.environ and _CACHE_VAR not in os.environ:
     _OWN_CACHE = os.environ[_CACHE_VAR] = tempfile.mkdtemp(prefix="tracerl_xla_cache_")
 if _CACHE_VAR in os.environ:
+    # No size limit: a limit makes every write rescan the whole directory. (An entry read while another
+    # process writes it fails to decompress; JAX then warns and compiles, as without a cache.)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ[_CACHE_VAR])
-    # A size limit turns on JAX's file lock, so concurrent processes never read a half-written entry.
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
     if "jax" in sys.modules:   # imported by a plugin before this file: its config has read the environment
         import jax
 
         jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-        jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 
 def pytest_unconfigure(config):
