@@ -27,6 +27,7 @@ import ml_collections
 import pytest
 from absl import flags
 
+from tests.helpers.once import run_once
 from tests.test_rl_example import read_metrics, restore_item, run_env  # noqa: F401  (run_env: fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,16 +103,17 @@ def _driver(env, fn: str, root: Path) -> dict:
     return json.loads((root / "results.json").read_text())
 
 
+# Once per session, whichever xdist worker asks first (the tests of a family may land on either worker).
 @pytest.fixture(scope="module")
 def rl_results(run_env, tmp_path_factory):  # noqa: F811
-    root = tmp_path_factory.mktemp("rl")
-    return root, _driver(run_env, "run_rl", root)
+    root = run_once(tmp_path_factory, "full_examples_rl", lambda path: _driver(run_env, "run_rl", path))
+    return root, json.loads((root / "results.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def sft_results(run_env, tmp_path_factory):  # noqa: F811
-    root = tmp_path_factory.mktemp("sft")
-    return root, _driver(run_env, "run_sft", root)
+    root = run_once(tmp_path_factory, "full_examples_sft", lambda path: _driver(run_env, "run_sft", path))
+    return root, json.loads((root / "results.json").read_text())
 
 
 @pytest.fixture(params=FAMILIES)

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.helpers.once import run_once
 from tests.test_rl_example import REPO, REWARD, command, read_metrics, run_env  # noqa: F401  (fixture)
 
 STEPS = 2
@@ -81,9 +82,8 @@ def run_processes(env, workdir, num_processes: int, *, local_devices: int = 1):
 
 @pytest.fixture(scope="module")
 def one_process(run_env, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("one_process")
-    run_processes(run_env, workdir, 1)
-    return workdir
+    # Once per session, whichever xdist worker asks first (see helpers/once.py).
+    return run_once(tmp_path_factory, "multihost_one_process", lambda workdir: run_processes(run_env, workdir, 1))
 
 
 def policy_params(workdir, step):
