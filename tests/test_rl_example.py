@@ -25,6 +25,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests.helpers.once import run_once
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "tracerl.py"
 REWARD = "--reward=tests.test_rl_example:digit_reward"
@@ -50,6 +52,9 @@ def run_env(tmp_path_factory):
     env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO), JAX_COMPILATION_CACHE_DIR=cache,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("XLA_FLAGS", None)   # one CPU device per process
+    # Compiling dominates these tiny runs; fewer XLA passes cut it by about a third (as in test_notebook).
+    # Every run of a comparison (resume, processes) compiles alike, so exact comparisons still hold.
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     return env
 
 
@@ -153,10 +158,9 @@ RESUME_ARGS = (f"--config.rl.total_steps={STEPS}", "--config.checkpoint.keep=10"
 
 @pytest.fixture(scope="module")
 def uninterrupted(run_env, tmp_path_factory):
-    """Workdir of a run of ``STEPS`` steps that nobody interrupted."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    run_example(run_env, workdir, *RESUME_ARGS, "--config.checkpoint.every=1")
-    return workdir
+    """Workdir of a run of ``STEPS`` steps that nobody interrupted (once per session, see helpers/once.py)."""
+    return run_once(tmp_path_factory, "rl_example_uninterrupted",
+                    lambda workdir: run_example(run_env, workdir, *RESUME_ARGS, "--config.checkpoint.every=1"))
 
 
 def assert_same_run(workdir, reference):
