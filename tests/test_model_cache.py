@@ -141,3 +141,22 @@ def test_fused_cache_write_samples_the_same(setup, compat):
         np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
     np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(a.confidences), np.asarray(b.confidences), atol=1e-5, rtol=0)
+
+
+def test_sampler_forward_logits_from(setup):
+    """``logits_from`` projects only the later positions: the same logits as slicing, the same cache."""
+    cfg, graphdef, params, tok, pos, info, fwd = setup
+    from tracerl_jax.models import sampler_forward_fn
+
+    fn = sampler_forward_fn(graphdef)
+    assert fn.supports_logits_from
+    c0 = fwd(graphdef, params, tok[:, :LP], pos[:, :LP], _slice(info, 0, LP), make_cache(cfg, B, T),
+             write_cache=True).cache
+    a, b = LP, LP + 2 * BLOCK
+    full, c_full = jax.jit(fn, static_argnums=5)(params, tok[:, a:b], pos[:, a:b], _slice(info, a, b), c0, True)
+    part, c_part = jax.jit(fn, static_argnums=(5, 6))(params, tok[:, a:b], pos[:, a:b], _slice(info, a, b), c0,
+                                                      True, BLOCK)
+    assert part.shape == (B, BLOCK, cfg.vocab_size)
+    np.testing.assert_allclose(np.asarray(part), np.asarray(full)[:, BLOCK:], atol=TOL, rtol=0)
+    for x, y in zip(jax.tree.leaves(c_full), jax.tree.leaves(c_part)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

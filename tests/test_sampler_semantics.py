@@ -148,14 +148,16 @@ def test_cache_write_forwards(fuse):
         else:
             kinds.append("fused")
             assert tok.shape[1] == 2 * b and not noised[:, :b].any() and noised[:, b:].all()
-            # the clean half is the previous block, final, at its own positions
+            # the clean half is the previous block, final, at its own positions (block 0 has none:
+            # its clean half is invalid padding, dropped again)
             j = sum(k in ("denoise", "fused") for k in kinds) // cfg.steps_per_block - 1
-            np.testing.assert_array_equal(tok[:, :b], tokens[:, j * b:(j + 1) * b])
-            np.testing.assert_array_equal(pos[:, :b] + 1, pos[:, b:2 * b] - b + 1)
+            if j >= 0:
+                np.testing.assert_array_equal(tok[:, :b], tokens[:, j * b:(j + 1) * b])
+                np.testing.assert_array_equal(pos[:, :b] + 1, pos[:, b:2 * b] - b + 1)
     steps = nblk * cfg.steps_per_block
     assert kinds[0] == "prefill"
     if fuse:
-        assert kinds.count("save") == 0 and kinds.count("fused") == nblk - 1
+        assert kinds.count("save") == 0 and kinds.count("fused") == nblk  # every block's first step
         assert kinds.count("denoise") + kinds.count("fused") == steps
         assert len(kinds) == 1 + steps
     else:

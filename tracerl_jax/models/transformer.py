@@ -275,14 +275,24 @@ def sampler_forward_fn(graphdef) -> Callable:
     """Adapts :func:`forward` to the samplers' ``forward_fn`` protocol.
 
     Returns:
-      ``fn(params, tokens, positions, mask_info, cache, write_cache) ->
-      (logits [B, Q, V] f32, cache)`` with ``write_cache`` a Python bool.
+      ``fn(params, tokens, positions, mask_info, cache, write_cache,
+      logits_from=0) -> (logits [B, Q - logits_from, V] f32, cache)`` with
+      ``write_cache`` a Python bool and ``logits_from`` a Python int: only
+      positions ``>= logits_from`` go through the vocabulary projection (the
+      block sampler's fused cache write needs no logits for its clean half).
+      The function carries ``supports_logits_from = True``.
     """
 
-    def fn(params, tokens, positions, mask_info, cache, write_cache):
-        out = forward(graphdef, params, tokens, positions, mask_info, cache, write_cache=bool(write_cache))
-        return out.logits, out.cache
+    def fn(params, tokens, positions, mask_info, cache, write_cache, logits_from: int = 0):
+        if not logits_from:
+            out = forward(graphdef, params, tokens, positions, mask_info, cache, write_cache=bool(write_cache))
+            return out.logits, out.cache
+        model = nnx.merge(graphdef, params)
+        validate_inputs(model.config, tokens, positions, mask_info, cache, write_cache)
+        hidden, cache = model.encode(tokens, positions, MaskInfo(*mask_info), cache, write_cache=bool(write_cache))
+        return model.logits(hidden[:, logits_from:]), cache
 
+    fn.supports_logits_from = True
     return fn
 
 

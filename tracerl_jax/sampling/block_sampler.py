@@ -166,7 +166,11 @@ class Rollout(NamedTuple):
 
 
 ForwardFn = Callable[..., tuple]
-"""``forward_fn(params, tokens [B,Q], positions [B,Q], mask_info, cache, write_cache) -> (logits [B,Q,V], cache)``."""
+"""``forward_fn(params, tokens [B,Q], positions [B,Q], mask_info, cache, write_cache) -> (logits [B,Q,V], cache)``.
+
+A function with the attribute ``supports_logits_from = True`` also takes the
+keyword ``logits_from`` (a Python int) and then returns logits for positions
+``>= logits_from`` only (:func:`tracerl_jax.models.sampler_forward_fn` does)."""
 
 
 def _prompt_layout(prompt_valid: jax.Array, cfg: BlockSamplerConfig, Lg: int):
@@ -250,29 +254,31 @@ def _generate(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConf
                   bconf=sl(st["conf"]), g=st["g"])
         cache = st["cache"]
         if cfg.fuse_cache_write:
-            # First step of the block, peeled: with a pending block, one forward of
-            # [pending block (clean) | this block (noised)] writes the pending K/V and
-            # gives this block's logits; the write of the noised half is dropped.
-            def save_pending(c):
-                return forward_fn(params, st["pend_blk"], st["pend_pos"], clean_info(j - 1), c, True)[1]
+            # First step of the block, peeled: one forward of [pending block (clean) | this block
+            # (noised)] writes the pending K/V and gives this block's logits; the write of the noised
+            # half is dropped. Without a pending block (block 0) the clean half is invalid padding that
+            # nothing attends to and nothing is kept of. No lax.cond: a branch that passes the cache
+            # through costs XLA a copy of it per block. The step is safe to run unconditionally: a live
+            # row always has masks at a block's start, and with none active it commits nothing.
+            pend_info = MaskInfo(jnp.full((B, b), j - 1, jnp.int32), jnp.zeros((B, b), bool),
+                                 jnp.broadcast_to(st["pend"], (B, b)))
+            toks = jnp.concatenate([st["pend_blk"], ss["blk"]], axis=1)
+            pos = jnp.concatenate([st["pend_pos"], blk_pos], axis=1)
+            if getattr(forward_fn, "supports_logits_from", False):  # no vocabulary projection of the clean half
+                logits, c = forward_fn(params, toks, pos, pend_info.concat(noised_info), cache, True, logits_from=b)
+            else:
+                logits, c = forward_fn(params, toks, pos, pend_info.concat(noised_info), cache, True)
+                logits = logits[:, b:]
+            ss = denoise(ss, logits)
+            cache = kvc.truncate(c, cache.length + b * st["pend"].astype(jnp.int32))
 
-            def fused(ss):
-                toks = jnp.concatenate([st["pend_blk"], ss["blk"]], axis=1)
-                pos = jnp.concatenate([st["pend_pos"], blk_pos], axis=1)
-                logits, c = forward_fn(params, toks, pos, clean_info(j - 1).concat(noised_info), cache, True)
-                return denoise(ss, logits[:, b:]), kvc.truncate(c, cache.length + b)
+        def step_body(carry):
+            ss, cache = carry
+            return denoise(ss, forward_fn(params, ss["blk"], blk_pos, noised_info, cache, False)[0]), cache
 
-            def plain(ss):
-                return denoise(ss, forward_fn(params, ss["blk"], blk_pos, noised_info, cache, False)[0]), cache
-
-            branches = [lambda ss: (ss, cache), plain, lambda ss: (ss, save_pending(cache)), fused]
-            ss, cache = lax.switch(2 * st["pend"].astype(jnp.int32) + step_cond(ss).astype(jnp.int32),
-                                   branches, ss)
-
-        def step_body(ss):
-            return denoise(ss, forward_fn(params, ss["blk"], blk_pos, noised_info, cache, False)[0])
-
-        ss = lax.while_loop(step_cond, step_body, ss)
+        # The cache rides in the carry, unchanged: closed over, XLA copied the whole cache into the
+        # loop once per block when the fused write had just produced it.
+        ss, cache = lax.while_loop(lambda carry: step_cond(carry[0]), step_body, (ss, cache))
         blk = ss["blk"]
 
         # Commit scan (§1.7): EOS is checked before the budget, so EOS at the cap is kept.
