@@ -123,6 +123,12 @@ def parse_args(argv=None):
     p.add_argument("--peer-attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention of the peer")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch intra-op threads (0: the cores this process may use, as XLA)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="model parameters and compute (and the peak matmul's operands); bfloat16 for the "
+                        "TraDo-4B-shaped GPU run: --preset trado-4b --preset-vocab --dtype bfloat16 --no-peer")
+    p.add_argument("--preset-vocab", action="store_true",
+                   help="keep the preset's vocabulary size (e.g. 151936) instead of the tasks tokenizer's; "
+                        "token ids still come from the tokenizer, so they are valid either way")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/policy_step.json)")
     args = p.parse_args(argv)
@@ -201,7 +207,8 @@ def main(argv=None):
     env = common.environment()
     meter = common.LoadMeter()
     tok = load_tokenizer("tasks")
-    cfg = tj.get_preset(args.preset).replace(vocab_size=tok.vocab_size, mask_token_id=tok.mask_id,
+    base = tj.get_preset(args.preset, dtype=args.dtype, param_dtype=args.dtype)
+    cfg = base.replace(vocab_size=base.vocab_size if args.preset_vocab else tok.vocab_size, mask_token_id=tok.mask_id,
                                              pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
     q_tile, k_tile = (int(x) for x in args.attention_tiles.lower().split("x"))
     bw_cfg = cfg.replace(attention_impl="blockwise", attention_q_tile=q_tile, attention_k_tile=k_tile)
@@ -231,8 +238,8 @@ def main(argv=None):
     opt_state = opt.init(params)
     forward_only = partial(old_logprobs, graphdef)
     n = args.matmul_n
-    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    bmat = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(1), (n, n), args.dtype)
+    bmat = jax.random.normal(jax.random.key(2), (n, n), args.dtype)
 
     @jax.jit
     def matmul(x, y, k):

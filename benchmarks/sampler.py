@@ -137,6 +137,12 @@ def parse_args(argv=None):
     p.add_argument("--peer-1thread-batches", default="1",
                    help="batch sizes at which the peer also runs with 1 torch thread ('peer1t_*' rows): on a "
                         "busy machine OpenMP threads that wait for each other can make small ops much slower")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="model parameters and compute; bfloat16 for the TraDo-4B-shaped GPU run: "
+                        "--presets trado-4b --preset-vocab --dtype bfloat16 --batches 128 --peer-variants '' "
+                        "--trained-batches ''")
+    p.add_argument("--preset-vocab", action="store_true",
+                   help="keep each preset's vocabulary size instead of the tasks tokenizer's (ids stay valid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sampler.json)")
     args = p.parse_args(argv)
@@ -350,8 +356,9 @@ def main(argv=None):
                                      vocab_size=cfg.vocab_size, max_positions=cfg.max_position_embeddings)
 
     for preset in common.parse_strs(args.presets):
-        cfg = tj.get_preset(preset).replace(vocab_size=tok.vocab_size, mask_token_id=tok.mask_id,
-                                            pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
+        base = tj.get_preset(preset, dtype=args.dtype, param_dtype=args.dtype)
+        cfg = base.replace(vocab_size=base.vocab_size if args.preset_vocab else tok.vocab_size,
+                           mask_token_id=tok.mask_id, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
         graphdef, params = tj.split_model(tj.init_model(cfg, seed=args.seed))
         # One sampler (one jit) per variant, reused across batch sizes: a new batch
         # shape compiles once, on its first call.
