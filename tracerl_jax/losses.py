@@ -153,7 +153,8 @@ def policy_loss(logp_new: jax.Array, logp_old: jax.Array, advantages: jax.Array,
       ``pg_loss``, ``kl``, ``clip_fraction`` (scored tokens whose gradient the
       clip removes), ``ratio_mean``/``ratio_min``/``ratio_max``, ``approx_kl``
       (token mean k3 between new and old), ``log_ratio_clip_fraction``,
-      ``num_tokens``, ``advantage_mean``.
+      ``num_tokens``, ``advantage_mean``, ``advantage_std`` (token-level spread of
+      the advantages, the variance a value model is meant to reduce).
 
     Example::
 
@@ -210,6 +211,7 @@ def policy_loss(logp_new: jax.Array, logp_old: jax.Array, advantages: jax.Array,
         "log_ratio_clip_fraction": (_token_mean((sg(raw) != sg(delta)).astype(jnp.float32), p_mask)),
         "num_tokens": jnp.sum(p_mask.astype(jnp.float32)),
         "advantage_mean": _token_mean(a, p_mask),
+        "advantage_std": jnp.sqrt(jnp.maximum(_token_mean(a * a, p_mask) - _token_mean(a, p_mask) ** 2, 0.0)),
     }
     return loss, metrics
 
