@@ -15,13 +15,16 @@ that decays to ~0 inside every RL step. Here:
   ``total_updates`` after ``warmup`` linear steps (``min_lr_scale`` honoured).
 * ``cosine_per_rl_step``: the reference saw-tooth, restarted every RL step
   with that step's horizon (``compat="reference"``).
+
+All three are optax schedules (:func:`make_schedule`); :func:`learning_rate`
+evaluates them on the host for the step's traced ``lr`` argument.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -78,16 +81,53 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
 
 
 def set_learning_rate(opt_state, lr):
-    """Returns ``opt_state`` with the injected learning rate replaced by ``lr``."""
-    clip_state, adam_state = opt_state
-    hp = dict(adam_state.hyperparams)
-    hp["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hp["learning_rate"]).dtype)
-    return (clip_state, adam_state._replace(hyperparams=hp))
+    """Returns ``opt_state`` with every injected ``learning_rate`` replaced by ``lr``.
+
+    Works for any optax state holding an ``optax.inject_hyperparams`` state
+    (a chain of any shape, a wrapped optimizer), in or out of ``jit``.
+
+    Args:
+      opt_state: the optimizer state.
+      lr: scalar (Python float or traced array); cast to the stored dtype.
+
+    Raises:
+      KeyError: the state holds no injected ``learning_rate``.
+    """
+    old = optax.tree.get_all_with_path(opt_state, "learning_rate")
+    dtype = jnp.asarray(old[0][1]).dtype if old else jnp.float32
+    return optax.tree.set(opt_state, learning_rate=jnp.asarray(lr, dtype=dtype))
+
+
+def make_schedule(cfg: OptimizerConfig, updates_this_rl_step: int = 1) -> optax.Schedule:
+    """The optax schedule of ``cfg`` (see the module docstring).
+
+    Args:
+      cfg: optimizer settings.
+      updates_this_rl_step: the current RL step's horizon
+        (``cosine_per_rl_step`` only).
+
+    Returns:
+      ``count -> rate``: the global update index for ``constant`` and
+      ``cosine``, the update index inside the RL step for ``cosine_per_rl_step``.
+    """
+    lr = cfg.learning_rate
+    if cfg.schedule == "constant":
+        return optax.constant_schedule(lr)
+    if cfg.schedule == "cosine_per_rl_step":
+        return optax.cosine_decay_schedule(lr, decay_steps=max(updates_this_rl_step, 1))
+    decay = optax.cosine_decay_schedule(lr, decay_steps=max(cfg.total_updates - cfg.warmup, 1),
+                                        alpha=cfg.min_lr_scale)
+    if cfg.warmup == 0:
+        return decay
+    # Not warmup_cosine_decay_schedule: its alpha is end/peak (0/0 at lr=0). The ramp
+    # lr*(u+1)/(warmup+1) reaches lr at u = warmup, where the cosine starts.
+    ramp = optax.linear_schedule(lr / (cfg.warmup + 1), lr, transition_steps=cfg.warmup)
+    return optax.join_schedules([ramp, decay], [cfg.warmup])
 
 
 def learning_rate(cfg: OptimizerConfig, update: int, updates_this_rl_step: int = 1,
                   update_in_rl_step: int = 0) -> float:
-    """Learning rate of one update (host-side, cheap).
+    """Learning rate of one update (host-side), from :func:`make_schedule`.
 
     Args:
       cfg: optimizer settings.
@@ -100,15 +140,8 @@ def learning_rate(cfg: OptimizerConfig, update: int, updates_this_rl_step: int =
     Returns:
       The learning rate as a Python float.
     """
-    lr = cfg.learning_rate
-    if cfg.schedule == "constant":
-        return lr
-    if cfg.schedule == "cosine":
-        if update < cfg.warmup:
-            return lr * (update + 1) / (cfg.warmup + 1)
-        span = max(cfg.total_updates - cfg.warmup, 1)
-        t = min((update - cfg.warmup) / span, 1.0)
-        floor = lr * cfg.min_lr_scale
-        return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
-    t = min(update_in_rl_step / max(updates_this_rl_step, 1), 1.0)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    count = update_in_rl_step if cfg.schedule == "cosine_per_rl_step" else update
+    # float64: in float32 the cosine's 1 + cos(pi t) cancels near the end of a decay
+    # (rates off by 1e-4 relative); the step casts the final value to float32 anyway.
+    with jax.enable_x64(True):
+        return float(make_schedule(cfg, updates_this_rl_step)(count))
