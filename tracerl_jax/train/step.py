@@ -6,8 +6,9 @@
 * The batch arrives as ``[GA, micro_B, ...]``; a ``lax.scan`` over the first
   axis accumulates gradients of exactly ``GA`` micro-batches and averages
   them (standard accumulation; fixes quirk Q-O2).
-* If the loss or any gradient is NaN/Inf the update is skipped: params and
-  optimizer state come back unchanged and ``metrics["skipped"] == 1``.
+* If the loss or any gradient is NaN/Inf the update is skipped
+  (``optax.apply_if_finite``): params and optimizer state come back
+  unchanged, ``step`` does not advance and ``metrics["skipped"] == 1``.
 * The learning rate is a traced argument (see ``optimizer.py``), so schedules
   never recompile.
 * With a mesh, the function is jitted with ``NamedSharding`` in/out
@@ -50,9 +51,19 @@ def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainSt
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+_NEVER = int(jnp.iinfo(jnp.int32).max)   # apply_if_finite's counter saturates here
+
+
+def _fresh_guard(opt_state) -> optax.ApplyIfFiniteState:
+    """``optax.apply_if_finite`` state around ``opt_state`` with its counters at zero.
+
+    The counters are not kept in ``TrainState`` (``step`` counts the applied
+    updates), so ``opt_state`` keeps the layout of the plain optimizer: its
+    shardings and the checkpoints written before the guard still fit.
+    """
+    zero = jnp.zeros((), jnp.int32)
+    return optax.ApplyIfFiniteState(notfinite_count=zero, last_finite=jnp.array(True),
+                                    total_notfinite=zero, inner_state=opt_state)
 
 
 def state_shardings(state: TrainState, optimizer: optax.GradientTransformation, mesh: Mesh,
@@ -105,6 +116,9 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
       include ``loss``, ``grad_norm``, ``skipped`` and ``lr``.
     """
 
+    # Skips every non-finite update, however many in a row: the count is never reached.
+    skip_non_finite = optax.apply_if_finite(optimizer, max_consecutive_errors=_NEVER)
+
     def step(state: TrainState, batch, lr):
         # Metrics named *_min / *_max are extremes over micro-batches (a
         # micro-batch with no scored token reports a sentinel that must not be
@@ -127,16 +141,15 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         loss = loss / ga
         metrics = {k: m if _extreme(k) else m / ga for k, m in metrics.items()}
 
-        ok = jnp.isfinite(loss) & _all_finite(grads)
         opt_state = set_learning_rate(state.opt_state, lr)
-        # Zero grads on a bad step so the (discarded) update math stays finite.
-        safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
-        updates, new_opt = optimizer.update(safe_grads, opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        new_state = TrainState(state.step + ok.astype(jnp.int32), keep(new_params, state.params),
-                               keep(new_opt, opt_state))
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+        # apply_if_finite inspects only the gradients, so a non-finite loss with finite
+        # gradients (a NaN in a stop_gradient term) is folded in as NaN gradients.
+        checked = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
+        updates, guarded = skip_non_finite.update(checked, _fresh_guard(opt_state), state.params)
+        ok = guarded.last_finite
+        new_state = TrainState(state.step + ok.astype(jnp.int32), optax.apply_updates(state.params, updates),
+                               guarded.inner_state)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                        skipped=(~ok).astype(jnp.float32), lr=jnp.asarray(lr, jnp.float32))
         return new_state, metrics
 
