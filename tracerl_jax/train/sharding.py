@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -37,16 +37,22 @@ DEFAULT_RULES: tuple[tuple[str, tuple], ...] = (
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-    """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all).
+    """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all), by ``jax.make_mesh``.
+
+    ``jax.make_mesh`` orders the devices by the physical topology (TPU rings,
+    GPU ids). The axes are ``Auto``: shardings come from the ``NamedSharding``
+    annotations and XLA's propagation, not from explicit-sharding types.
 
     Raises:
       ValueError: if the product does not equal the number of devices.
     """
     devices = list(jax.devices() if devices is None else devices)
     n = data * fsdp * tensor
+    # jax.make_mesh silently uses the first n of too many devices; a mesh that leaves
+    # devices idle is a configuration error here.
     if n != len(devices):
         raise ValueError(f"mesh {data}x{fsdp}x{tensor}={n} does not match {len(devices)} devices")
-    return Mesh(np.asarray(devices).reshape(data, fsdp, tensor), AXES)
+    return jax.make_mesh((data, fsdp, tensor), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def _path_str(path) -> str:
@@ -88,8 +94,3 @@ def named(mesh: Mesh, specs):
 def batch_sharding(mesh: Mesh, leading_none: int = 0) -> NamedSharding:
     """Sharding of a batch array whose row axis follows ``leading_none`` unsharded axes."""
     return NamedSharding(mesh, P(*([None] * leading_none), BATCH_AXES))
-
-
-def shard_params(params, mesh: Mesh, rules=DEFAULT_RULES):
-    """``device_put`` of ``params`` with the rule-derived shardings."""
-    return jax.device_put(params, named(mesh, param_specs(params, mesh, rules)))
