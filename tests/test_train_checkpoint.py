@@ -9,13 +9,17 @@ layouts.
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from tracerl_jax.models import get_preset, init_model, split_model, value_model_from_policy
@@ -94,6 +98,105 @@ def test_round_trip_state_key_and_meta(tmp_path):
         np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(key))
         # The restored key draws the same numbers as the saved one.
         np.testing.assert_array_equal(jax.random.uniform(got, (4,)), jax.random.uniform(key, (4,)))
+
+
+def _keys(seed: int):
+    """Typed keys nested in a pytree: both implementations, a batch of keys, beside a plain array."""
+    return {"fry": jax.random.split(jax.random.key(seed), 8),
+            "nested": {"rbg": jax.random.split(jax.random.key(seed + 1, impl="rbg"), 8),
+                       "one": jax.random.key(seed + 2, impl="rbg")},
+            "w": jnp.arange(3.0) + seed}
+
+
+def _assert_same_keys(got, want):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        if jnp.issubdtype(w.dtype, jax.dtypes.prng_key):
+            np.testing.assert_array_equal(jax.random.key_data(g), jax.random.key_data(w))
+            bits = jax.vmap(jax.random.bits)
+            np.testing.assert_array_equal(bits(g.reshape(-1)), bits(w.reshape(-1)))   # draws the same numbers
+        else:
+            np.testing.assert_array_equal(g, w)
+
+
+def test_keys_nested_in_pytrees_are_stored_by_orbax(tmp_path):
+    keys = _keys(3)
+    with CheckpointManager(tmp_path) as ckpt:
+        ckpt.save(1, {"keys": keys})
+        restored = ckpt.restore(target={"keys": abstract_like(keys)})
+    _assert_same_keys(restored.state["keys"], keys)
+    # Orbax itself records the key implementations: a target-free read gives typed keys back.
+    raw = ocp.StandardCheckpointer().restore(tmp_path / "1" / "keys")["item"]
+    _assert_same_keys(raw, keys)
+
+
+def test_item_names_come_from_orbax_step_metadata(tmp_path):
+    with CheckpointManager(tmp_path) as ckpt:
+        ckpt.save(1, {"train": {"w": jnp.zeros(2)}, "rng": jax.random.key(0)}, meta={"data": {"epoch": 0}})
+        assert ckpt.item_names(1) == {"train": "state", "rng": "state", "data": "meta"}   # before close: waits
+    # no item of our own besides the saved ones (the former "manifest")
+    assert sorted(p.name for p in (tmp_path / "1").iterdir() if p.is_dir()) == ["data", "rng", "train"]
+    handlers = ocp.CheckpointManager(tmp_path).metadata(1).item_handlers
+    assert set(handlers) == {"train", "rng", "data"}
+
+
+def test_steps_written_with_a_manifest_still_restore(tmp_path):
+    """The layout before item kinds came from Orbax's metadata: a ``manifest`` item, keys as key data."""
+    state = {"w": jnp.arange(6.0).reshape(2, 3)}
+    rng, rbg = jax.random.key(7), jax.random.key(3, impl="rbg")
+    meta = {"data": {"epoch": 2}}
+    items = {"train": ocp.args.StandardSave({"item": state}),
+             "rng": ocp.args.StandardSave({"item": jax.random.key_data(rng)}),
+             "rbg": ocp.args.StandardSave({"item": {"k": jax.random.key_data(rbg)}}),
+             "data": ocp.args.JsonSave(meta["data"]),
+             "manifest": ocp.args.JsonSave({"train": "state", "rng": "state", "rbg": "state", "data": "meta"})}
+    with ocp.CheckpointManager(tmp_path) as manager:
+        manager.save(4, args=ocp.args.Composite(**items))
+    with CheckpointManager(tmp_path) as ckpt:
+        assert ckpt.item_names(4) == {"train": "state", "rng": "state", "rbg": "state", "data": "meta"}
+        restored = ckpt.restore(target={"train": state, "rng": abstract_like(rng), "rbg": {"k": rbg}})
+    assert restored.meta == meta
+    _assert_identical(restored.state["train"], state)
+    _assert_same_keys(restored.state["rng"], rng)
+    _assert_same_keys(restored.state["rbg"], {"k": rbg})
+
+
+def test_reached_preemption_is_false_in_a_single_process(tmp_path):
+    with CheckpointManager(tmp_path) as ckpt:
+        assert [ckpt.reached_preemption(step) for step in range(5)] == [False] * 5
+
+
+def test_reached_preemption_after_a_preemption_notice(tmp_path):
+    # jax.distributed with one process starts the preemption sync manager; SIGTERM is the notice.
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "tests.test_train_checkpoint", "preemption", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    noticed, reached = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert reached is not None and reached > noticed
+    with CheckpointManager(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [reached]
+
+
+def _preemption_side(directory: Path) -> None:
+    """One-process ``jax.distributed`` run that sends itself SIGTERM at step 3, then saves at the sync step."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=1, process_id=0)
+    noticed, reached = 3, None
+    with CheckpointManager(directory) as ckpt:
+        for step in range(600):
+            if ckpt.reached_preemption(step):
+                ckpt.save(step, {"x": jnp.full(2, float(step))}, force=True)
+                reached = step
+                break
+            if step == noticed:
+                os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    jax.distributed.shutdown()
+    print(json.dumps([noticed, reached]))
 
 
 def test_restore_selected_items_and_meta(tmp_path):
@@ -269,14 +372,15 @@ def test_checkpoint_restores_under_a_different_mesh(tmp_path):
     state, _ = _train_state(seed=1)
     rng = jax.random.key(11)
     with CheckpointManager(tmp_path / "one_device") as ckpt:
-        ckpt.save(1, {"train": state, "rng": rng}, meta={"data": {"epoch": 3}})
+        ckpt.save(1, {"train": state, "rng": rng, "keys": _keys(21)}, meta={"data": {"epoch": 3}})
     # 1 device -> (2, 2, 2) mesh; then the subprocess saves from a (1, 4, 2) mesh ...
     _run_on_8_devices("restore_then_save", tmp_path)
     # ... and that restores onto one device here.
     expected, _ = _train_state(seed=2)
     with CheckpointManager(tmp_path / "eight_devices") as ckpt:
-        restored = ckpt.restore(target={"train": abstract_like(expected), "rng": rng})
+        restored = ckpt.restore(target={"train": abstract_like(expected), "rng": rng, "keys": _keys(0)})
     assert restored.meta == {"data": {"epoch": 4}}
+    _assert_same_keys(restored.state["keys"], _keys(31))   # saved split over 4 devices, read onto one
     _assert_identical(restored.state["train"], expected)
     np.testing.assert_array_equal(jax.random.key_data(restored.state["rng"]),
                                   jax.random.key_data(jax.random.key(12)))
@@ -295,8 +399,13 @@ def _eight_device_side(directory: Path) -> None:
     state, optimizer = _train_state(seed=1)
     mesh = make_mesh(2, 2, 2)
     shardings = state_shardings(state, optimizer, mesh)
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    # the batches of 8 keys split over 4 devices, the rest replicated
+    key_target = abstract_like(_keys(0), jax.tree.map(
+        lambda x: rows if x.shape == (8,) else NamedSharding(mesh, PartitionSpec()), _keys(0)))
     target = {"train": abstract_like(state, shardings),
-              "rng": jax.device_put(jax.random.key(0), NamedSharding(mesh, PartitionSpec()))}
+              "rng": jax.device_put(jax.random.key(0), NamedSharding(mesh, PartitionSpec())),
+              "keys": key_target}
     with CheckpointManager(directory / "one_device") as ckpt:
         restored = ckpt.restore(target=target)
     assert restored.meta == {"data": {"epoch": 3}}
@@ -309,17 +418,27 @@ def _eight_device_side(directory: Path) -> None:
     assert restored.state["rng"].sharding.mesh.shape == mesh.shape
     np.testing.assert_array_equal(jax.random.key_data(restored.state["rng"]),
                                   jax.random.key_data(jax.random.key(11)))
+    # Typed keys saved on one device come back split over (data, fsdp), each implementation intact.
+    _assert_same_keys(restored.state["keys"], _keys(21))
+    for got, want in zip(jax.tree.leaves(restored.state["keys"]), jax.tree.leaves(key_target)):
+        assert got.sharding == want.sharding
+    assert restored.state["keys"]["fry"].addressable_shards[0].data.shape == (2,)
 
     other = make_mesh(1, 4, 2)
     state2, _ = _train_state(seed=2)
     state2 = jax.device_put(state2, state_shardings(state2, optimizer, other))
     rng2 = jax.device_put(jax.random.key(12), NamedSharding(other, PartitionSpec()))
     with CheckpointManager(directory / "eight_devices") as ckpt:
-        ckpt.save(1, {"train": state2, "rng": rng2}, meta={"data": {"epoch": 4}})
+        keys2 = jax.device_put(_keys(31), jax.tree.map(
+            lambda x: NamedSharding(other, PartitionSpec("fsdp") if x.shape == (8,) else PartitionSpec()), _keys(31)))
+        ckpt.save(1, {"train": state2, "rng": rng2, "keys": keys2}, meta={"data": {"epoch": 4}})
 
 
 if __name__ == "__main__":
     mode, directory = sys.argv[1], Path(sys.argv[2])
-    if mode != "restore_then_save":
+    if mode == "restore_then_save":
+        _eight_device_side(directory)
+    elif mode == "preemption":
+        _preemption_side(directory)
+    else:
         raise SystemExit(f"unknown mode {mode!r}")
-    _eight_device_side(directory)

@@ -13,8 +13,12 @@ shards; Orbax coordinates the writes.
 Restoring takes a *target*: a pytree of arrays or ``jax.ShapeDtypeStruct``
 with the shardings the arrays should have now (:func:`abstract_like`). The
 checkpoint may have been written under another mesh; Orbax reads whichever
-slices each device needs. Typed PRNG keys are stored as their key data and
-re-wrapped on restore.
+slices each device needs. Typed PRNG keys, of any implementation and anywhere
+in a pytree, are written by Orbax's array handler, which records the key
+implementation and re-wraps them on restore (into the target's sharding).
+Which items a step holds comes from Orbax's step metadata (the handler of
+every item). :meth:`CheckpointManager.reached_preemption` tells a multi-host
+run when to save before a preemption.
 
 :func:`export_model` / :func:`load_model` write and read a standalone model
 (parameters + ``model_config.json``) -- the hand-off from SFT to RL.
@@ -27,6 +31,12 @@ Example::
     if restored is not None:
         state, rng = restored.state["policy"], restored.state["rng"]
         it.restore(restored.meta["data"])
+    for step in ...:
+        ...
+        if ckpt.reached_preemption(step):
+            ckpt.save(step, ..., force=True)
+            ckpt.wait()
+            break
 """
 
 from __future__ import annotations
@@ -44,11 +54,14 @@ import orbax.checkpoint as ocp
 
 from tracerl_jax.models import ModelConfig, Transformer, ValueModel, split_model
 
-# Every pytree item is stored under this key, so a bare array (a PRNG key's
-# data, a step counter) is a valid Orbax "standard" item too.
+# Every pytree item is stored under this key, so a bare array (a PRNG key, a
+# step counter) is a valid Orbax "standard" item too.
 _WRAP = "item"
-# A reserved JSON item listing the step's items and their kinds.
+# Steps written before the item kinds came from Orbax's step metadata also hold a
+# JSON item of this name listing them; it stays reserved so those steps read alike.
 _MANIFEST = "manifest"
+# Orbax handler of an item (from the step metadata) -> the item's kind.
+_KINDS = {ocp.StandardCheckpointHandler.typestr(): "state", ocp.JsonCheckpointHandler.typestr(): "meta"}
 
 
 class Restored(NamedTuple):
@@ -89,36 +102,20 @@ def abstract_like(tree, shardings=None):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
 
 
-def _encode(tree):
-    """Typed PRNG keys -> their uint32 key data (Orbax stores plain arrays)."""
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
-
-
-def _key_data_struct(x):
-    """Target struct of a key leaf's data (same sharding on the leading dims)."""
-    data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(np.shape(x), x.dtype))
-    sharding = getattr(x, "sharding", None)
-    if isinstance(sharding, jax.sharding.NamedSharding):
-        spec = tuple(sharding.spec) + (None,) * (data.ndim - len(sharding.spec))
-        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
-    elif sharding is not None and not isinstance(sharding, jax.sharding.SingleDeviceSharding):
-        sharding = None
-    return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
-
-
 def _restore_target(tree):
-    """A restore target for ``tree``: structs everywhere, key leaves as key data."""
-    def leaf(x):
-        if _is_key(x):
-            return _key_data_struct(x)
-        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
-
-    return jax.tree.map(leaf, tree)
+    """A restore target for ``tree``: ``ShapeDtypeStruct`` leaves with their shardings."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)
 
 
-def _decode(restored, target):
+def _rewrap_legacy_keys(restored, target):
+    """Typed keys of steps written with key data and no recorded implementation.
+
+    Those steps stored ``jax.random.key_data``; Orbax returns it as plain
+    ``uint32``, so the key implementation comes from the target.
+    """
     def leaf(r, t):
-        if not _is_key(t):
+        if not _is_key(t) or _is_key(r):
             return r
         impl = jax.random.key_impl(t) if isinstance(t, jax.Array) else getattr(t.dtype, "_impl", None)
         return jax.random.wrap_key_data(r, impl=impl)
@@ -167,8 +164,8 @@ class CheckpointManager:
 
         Args:
           step: the step number (an int; existing steps are not overwritten).
-          state: name -> pytree of arrays (``TrainState``, params, PRNG keys,
-            scalars). Typed PRNG keys are stored as key data.
+          state: name -> pytree of arrays (``TrainState``, params, typed PRNG
+            keys of any implementation, scalars).
           meta: name -> JSON-serialisable value (data-iterator state, config).
           force: save even if ``step`` is off the ``save_interval_steps`` grid.
 
@@ -183,15 +180,13 @@ class CheckpointManager:
         clash = (set(state) & set(meta)) | ({_MANIFEST} & (set(state) | set(meta)))
         if clash:
             raise ValueError(f"item names {sorted(clash)} are used twice or reserved")
-        items = {name: ocp.args.StandardSave({_WRAP: _encode(tree)}) for name, tree in state.items()}
+        items = {name: ocp.args.StandardSave({_WRAP: tree}) for name, tree in state.items()}
         for name, value in meta.items():
             try:
                 jsonlib.dumps(value)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"meta item {name!r} is not JSON-serialisable: {e}") from e
             items[name] = ocp.args.JsonSave(value)
-        manifest = {**{n: "state" for n in state}, **{n: "meta" for n in meta}}
-        items[_MANIFEST] = ocp.args.JsonSave(manifest)
         return bool(self._manager.save(int(step), args=ocp.args.Composite(**items), force=force))
 
     # ------------------------------------------------------------- restore
@@ -241,26 +236,31 @@ class CheckpointManager:
             raise ValueError(f"cannot restore items {sorted(args)} of checkpoint step {step} in "
                              f"{self.directory} (corrupt files, or a target whose shapes/structure "
                              f"differ from the saved ones): {type(e).__name__}: {e}") from e
-        state = {n: _decode(out[n][_WRAP], target[n]) for n in target}
+        state = {n: _rewrap_legacy_keys(out[n][_WRAP], target[n]) for n in target}
         return Restored(step, state, {n: out[n] for n in names})
 
     def item_names(self, step: int) -> dict[str, str]:
-        """Item name -> ``"state"`` or ``"meta"`` of a saved step.
+        """Item name -> ``"state"`` or ``"meta"`` of a saved step (from Orbax's step metadata).
 
         Raises:
           FileNotFoundError: no such step.
-          ValueError: the step's manifest cannot be read (an incomplete or
-            corrupt step, e.g. a directory copied in by hand).
+          ValueError: the step's metadata cannot be read or lists no items (an
+            incomplete or corrupt step, e.g. a directory copied in by hand).
         """
+        self.wait()
         step = self._check_step(step)
         try:
-            out = self._manager.restore(step, args=ocp.args.Composite(**{_MANIFEST: ocp.args.JsonRestore()}))
-            return dict(out[_MANIFEST])
+            handlers = self._manager.metadata(step).item_handlers or {}
         except (ValueError, KeyError, OSError) as e:
+            handlers, error = {}, f" ({type(e).__name__}: {e})"
+        else:
+            error = ""
+        if not handlers:
             others = [s for s in self.all_steps() if s != step]
-            raise ValueError(f"checkpoint step {step} in {self.directory} is incomplete or corrupt: its "
-                             f"{_MANIFEST!r} item cannot be read ({type(e).__name__}: {e}); delete "
-                             f"{self.directory / str(step)} or restore another step ({others or 'none'})") from e
+            raise ValueError(f"checkpoint step {step} in {self.directory} is incomplete or corrupt: its Orbax "
+                             f"step metadata lists no items{error}; delete {self.directory / str(step)} or "
+                             f"restore another step ({others or 'none'})")
+        return {n: _KINDS[h] for n, h in handlers.items() if n != _MANIFEST and h in _KINDS}
 
     def _check_step(self, step) -> int:
         steps = self.all_steps()
@@ -268,6 +268,21 @@ class CheckpointManager:
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
                                     f"available steps: {steps or 'none'}")
         return int(step)
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every process has reached the step at which to save before a preemption.
+
+        Call it once after every training step, with the same ``step`` on
+        every process (Orbax's ``reached_preemption``, i.e. JAX's preemption
+        sync point). When some host receives a preemption notice (SIGTERM),
+        the processes agree on a step; this returns True on all of them at
+        that step, and the loop should ``save(step, ..., force=True)``,
+        :meth:`wait` and exit. It needs ``jax.distributed.initialize()``
+        (which starts the sync manager unless ``jax_enable_preemption_service``
+        is off); in a single process without it, or with the service off, it
+        is always False.
+        """
+        return bool(self._manager.reached_preemption(int(step)))
 
     # ----------------------------------------------------------- lifecycle
 
