@@ -52,11 +52,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tracerl_jax import evaluation, rl, rl_full  # noqa: E402
-from tracerl_jax.baselines_full import full_semi_ar_sft_rows  # noqa: E402
+from tracerl_jax import evaluation, rl  # noqa: E402
+from tracerl_jax.baselines import semi_ar_sft_rows  # noqa: E402
+from tracerl_jax.families import RowSettings, get_family  # noqa: E402
+from tracerl_jax.rows import SequenceLayout  # noqa: E402
 from tracerl_jax.data import encode_sft_pairs  # noqa: E402
 from tracerl_jax.models import (cache_init_fn, full_sampler_forward_fn, load_hf_checkpoint, save_hf_checkpoint,  # noqa: E402
                                 split_model)
@@ -102,9 +103,10 @@ def stage_sft(args, tok, task, out):
     for i in range(args.sft_steps):
         idx = rng.choice(len(pairs.kept), args.sft_batch, replace=False)
         b = pairs.take(idx)
-        rows = full_semi_ar_sft_rows(jax.random.key(i), b.prompt_ids, b.prompt_valid, b.response_ids,
-                                     mask_id=tok.mask_id, pad_id=tok.pad_id, family="llada", block_size=BLOCK,
-                                     post_num=None)  # LLaDA-style: the PAD filler after EOS is trained too
+        rows = semi_ar_sft_rows(jax.random.key(i), b.prompt_ids, b.prompt_valid, b.response_ids,
+                                layout=SequenceLayout("llada", pad_id=tok.pad_id), mask_id=tok.mask_id,
+                                pad_id=tok.pad_id, group_size=BLOCK,
+                                post_num=None)  # LLaDA-style: the PAD filler after EOS is trained too
         batch = dict(rows=rows, **batch_scalars(rows.row_valid, 1, GEN))
         state, m = step(state, to_microbatches(batch, 1), args.sft_lr)
         log.append(float(m["loss"]))
@@ -173,8 +175,9 @@ def stage_rl(args, tok, task, out):
         exs = [train[i] for i in rng.choice(len(train), args.prompts, replace=False)]
         batch = rl.rollout_and_reward(rollout, state.params, tok, exs, k=args.k, prompt_len=PROMPT_LEN,
                                       rng=jax.random.key(step), score_fn=verify, group_filter="constant")
-        rows, _ = rl_full.build_policy_rows("TraceRL", batch, family="llada", mask_id=tok.mask_id, pad_id=tok.pad_id,
-                                            key=jax.random.key(step), shrink=args.shrink, post_num=0)
+        settings = RowSettings(mask_id=tok.mask_id, pad_id=tok.pad_id, block_size=BLOCK, shrink=args.shrink, post_num=0)
+        rows, _ = rl.build_policy_rows("TraceRL", batch, family=get_family("llada"), settings=settings,
+                                       key=jax.random.key(step))
         packed, _, nb = rl.pack_rows(rows, args.batch_rows)
         rec = {"step": step, "reward": float(batch.scores.mean()), "rows": int(np.asarray(rows.row_valid).sum())}
         if nb:

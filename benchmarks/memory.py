@@ -224,10 +224,9 @@ def write_peer_data(args, directory: Path, l1s) -> None:
         rows = synthetic_rows(tok, args.l0, L1, R // 4, 4, 0)
         rng = np.random.default_rng(0)
         a = lambda x: np.asarray(x)
-        L0 = args.l0
-        np.savez(directory / f"rows_{L1}.npz", tokens=a(rows.extended_tokens), positions=a(rows.positions),
+        np.savez(directory / f"rows_{L1}.npz", tokens=a(rows.tokens), positions=a(rows.positions),
                  block=a(rows.mask_info.block), noised=a(rows.mask_info.noised), valid=a(rows.mask_info.valid),
-                 labels=a(rows.labels)[:, L0:], p_mask=a(rows.p_mask)[:, L0:] & a(rows.row_valid)[:, None],
+                 labels=a(rows.labels), p_mask=a(rows.scored),
                  logp_old=rng.normal(-5.0, 0.3, (R, L1)).astype(np.float32),
                  advantages=rng.normal(size=(R,)).astype(np.float32))
 

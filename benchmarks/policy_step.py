@@ -1,7 +1,7 @@
 """Throughput of one TraceRL policy update, against a plain LM step and the machine's matmul peak.
 
 Why. A TraceRL update trains on rows in the extended layout ``[prompt L0 |
-clean L1 | noised L1]`` (ALGORITHMS.md §3.3): every row is ``L0 + 2*L1``
+clean L1 | noised L1]`` (docs/algorithms.md §3.3): every row is ``L0 + 2*L1``
 positions long and carries the block-diffusion mask, and a response yields
 one row per decoding round. The question a user asks is what that layout and
 the TraceRL machinery (trajectory log-probs, PPO-clip + KL loss, gradient
@@ -145,7 +145,7 @@ def synthetic_rows(tok, L0: int, L1: int, n_resp: int, block_size: int, seed: in
     """Rows of ``n_resp`` responses decoded one token per step in random order inside each block.
 
     Returns:
-      :class:`tracerl_jax.TrainRows` with ``n_resp * block_size`` rows, all valid.
+      :class:`tracerl_jax.Rows` with ``n_resp * block_size`` rows, all valid.
     """
     rng = np.random.default_rng(seed)
     prompts = rng.integers(5, tok.vocab_size, size=(n_resp, L0)).astype(np.int32)
@@ -232,9 +232,9 @@ def main(argv=None):
     policy_step = make_policy_step(graphdef, opt, PolicyLossConfig())
     state = init_train_state(params, opt)
     plain_step = make_plain_step(graphdef, opt, args.plain_mask)
-    plain_tokens = rows.extended_tokens.reshape(GA, R // GA, N)
+    plain_tokens = rows.tokens.reshape(GA, R // GA, N)
     # [prompt | response] only: what a plain LM step on the same rows would see without the noised copy
-    short_tokens = rows.extended_tokens[:, :L0 + L1].reshape(GA, R // GA, L0 + L1)
+    short_tokens = rows.tokens[:, :L0 + L1].reshape(GA, R // GA, L0 + L1)
     opt_state = opt.init(params)
     forward_only = partial(old_logprobs, graphdef)
     n = args.matmul_n
@@ -315,7 +315,7 @@ def main(argv=None):
     tc = {k: common.median(v) for k, v in cpu.items()}
 
     # Work accounting.
-    p_mask = np.asarray(rows.p_mask[:, L0:] & rows.row_valid[:, None])
+    p_mask = np.asarray(rows.scored)
     trained = int(p_mask.sum())
     positions = R * N
     peak = 2.0 * n ** 3 * mm_reps / t["matmul"]

@@ -52,6 +52,7 @@ from tracerl_jax import rl  # noqa: E402
 from tracerl_jax.data import ExampleIterator  # noqa: E402
 from tracerl_jax.diagnostics import CompileCounter  # noqa: E402
 from tracerl_jax.evaluation import default_verifier  # noqa: E402
+from tracerl_jax.families import RowSettings, get_family  # noqa: E402
 from tracerl_jax.models import (cache_init_fn, get_preset, init_model, load_hf_checkpoint,  # noqa: E402
                                 sampler_forward_fn, shipped_checkpoint, split_model)
 from tracerl_jax.sampling import BlockSamplerConfig, make_block_sampler  # noqa: E402
@@ -179,8 +180,10 @@ def rl_iteration(run, step: int) -> dict:
                                   prompt_len=run.prompt_len, score_fn=run.score_fn,
                                   row_keys=rl.response_keys(jax.random.fold_in(key, 0), len(examples), run.k),
                                   group_filter="constant")
-    rows, completion = rl.build_policy_rows("TraceRL", batch, block_size=run.block_size, mask_id=run.tok.mask_id,
-                                            pad_id=run.tok.pad_id, key=jax.random.fold_in(key, 1))
+    settings = RowSettings(mask_id=run.tok.mask_id, pad_id=run.tok.pad_id, block_size=run.block_size)
+    family = get_family(run.mcfg.family)
+    rows, completion = rl.build_policy_rows("TraceRL", batch, family=family, settings=settings,
+                                            key=jax.random.fold_in(key, 1))
     rows, _, num_batches = rl.pack_rows(rows, run.batch_rows)
     lengths = np.asarray(batch.rollout.lengths)
     L1_ref = float(max(int(lengths.max()), 1))
@@ -194,7 +197,8 @@ def rl_iteration(run, step: int) -> dict:
         chunk = to_microbatches(rl.slice_rows(rows, i, run.batch_rows), run.grad_accum)
         logp_old[i * run.batch_rows:(i + 1) * run.batch_rows] = np.asarray(
             run.old_logprobs(run.state.params, jax.tree.map(np.asarray, chunk))).reshape(run.batch_rows, -1)
-    adv = batch.advantages[np.asarray(rows.response_index)]
+    inputs = rl.advantage_inputs(rows, batch, completion, family=family, settings=settings)
+    adv, _ = rl.compute_advantages("group", inputs)
     for b in rl.update_batches(rows, num_batches, run.batch_rows, run.grad_accum, L1_ref, logp_old=logp_old,
                                advantages=adv):
         run.state, m = run.policy_step(run.state, b, run.lr)

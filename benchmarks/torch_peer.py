@@ -13,7 +13,7 @@ It computes what the library computes (``tests/test_torch_peer.py`` proves
 it: identical greedy tokens, policy loss and gradient norm within 1e-4):
 
 * :func:`peer_sample` -- block diffusion, ``compat="recommended"`` layout
-  (ALGORITHMS.md §1, ``tracerl_jax/sampling/block_sampler.py``): prefill the
+  (docs/algorithms.md §1, ``tracerl_jax/sampling/block_sampler.py``): prefill the
   left-padded prompt with a block-causal mask whose blocks end at the prompt
   end; per block, denoising forwards of the ``[B, b]`` block attending to the
   cache without writing it (the reference's ``store_kv=False``); commit
@@ -305,24 +305,22 @@ def peer_sample(model, prompts: np.ndarray, prompt_valid: np.ndarray, cfg, seed:
 
 
 def rows_to_torch(rows, logp_old, advantages, *, grad_accum: int, L1_ref: float) -> list[dict]:
-    """Our ``TrainRows`` (+ old log-probs, advantages) as ``grad_accum`` torch micro-batches.
+    """Our block-model ``Rows`` (+ old log-probs, advantages) as ``grad_accum`` torch micro-batches.
 
     ``num_rows`` is ``max(valid rows, 1) / grad_accum`` for every micro-batch,
     as :func:`tracerl_jax.train.steps.batch_scalars`.
     """
     a = lambda x: np.array(x)  # a writable copy (torch warns about read-only JAX-backed buffers)
     R = a(rows.row_valid).shape[0]
-    L1 = a(rows.extended_tokens).shape[1] - a(rows.labels).shape[1]
-    L0 = a(rows.labels).shape[1] - L1
     num_rows = max(float(a(rows.row_valid).sum()), 1.0) / grad_accum
     full = dict(
-        tokens=torch.as_tensor(a(rows.extended_tokens), dtype=torch.long),
+        tokens=torch.as_tensor(a(rows.tokens), dtype=torch.long),
         positions=torch.as_tensor(a(rows.positions), dtype=torch.long),
         block=torch.as_tensor(a(rows.mask_info.block), dtype=torch.long),
         noised=torch.as_tensor(a(rows.mask_info.noised), dtype=torch.bool),
         valid=torch.as_tensor(a(rows.mask_info.valid), dtype=torch.bool),
-        labels=torch.as_tensor(a(rows.labels)[:, L0:], dtype=torch.long),
-        p_mask=torch.as_tensor(a(rows.p_mask)[:, L0:] & a(rows.row_valid)[:, None], dtype=torch.bool),
+        labels=torch.as_tensor(a(rows.labels), dtype=torch.long),
+        p_mask=torch.as_tensor(a(rows.scored), dtype=torch.bool),
         logp_old=torch.as_tensor(a(logp_old), dtype=torch.float32),
         advantages=torch.as_tensor(a(advantages), dtype=torch.float32))
     mb = R // grad_accum

@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.remat = False           # rematerialise each layer in the backward pass
     c.model.attention_impl = "dense"  # training attention: dense | blockwise (skips masked tiles) | splash (TPU)
 
-    # ---- rollout (ALGORITHMS.md §1, §11.2 rollout.*) ----------------------------------------
+    # ---- rollout (docs/algorithms.md §1, §11.2 rollout.*) ----------------------------------------
     c.rollout = ml_collections.ConfigDict()
     c.rollout.num_prompts = 16      # prompts per RL step (num_task_per_step)
     c.rollout.k = 8                 # responses per prompt (num_response_per_task)
@@ -64,7 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- training (§4, §6, §8, §9) ----------------------------------------------------------
     c.rl = ml_collections.ConfigDict()
-    c.rl.method = "TraceRL"         # TraceRL | random_masking | coupled
+    c.rl.method = "TraceRL"         # training rows: TraceRL | random_masking | coupled (rl.ROW_BUILDERS)
+    c.rl.loss = "ppo_clip"          # policy loss (losses.POLICY_LOSSES): PPO clip on trajectory log-probs (§6)
+    c.rl.advantage = config_dict.placeholder(str)  # ADVANTAGE_ESTIMATORS name; None: step_gae/value, group/none
     c.rl.total_steps = 40           # RL steps
     c.rl.shrink = 1                 # decoding steps merged per training round (§4.2; full attention §5: 8 [REF])
     c.rl.post_num = 0               # PAD tokens trained per sequence (None disables the rule)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -22,10 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from tracerl_jax.models import (ModelConfig, cache_init_fn, full_sampler_forward_fn, get_preset, init_model,
-                                load_hf_checkpoint, sampler_forward_fn, split_model)
-from tracerl_jax.sampling import BlockSamplerConfig, FullSamplerConfig, make_block_sampler, make_full_sampler
-from tracerl_jax.sampling.full_sampler import TARGETS as FULL_TARGETS
+from tracerl_jax.families import get_family
+from tracerl_jax.models import ModelConfig, get_preset, init_model, load_hf_checkpoint, split_model
 from tracerl_jax.tasks import Example, load_examples
 from tracerl_jax.tokenizers import Tokenizer, load_tokenizer
 from tracerl_jax.train import checkpoint as ckpt_lib
@@ -38,14 +35,64 @@ MODEL_OVERRIDES = ("hidden_size", "intermediate_size", "num_layers", "num_heads"
                    "max_position_embeddings", "tie_word_embeddings", "dtype", "param_dtype", "remat",
                    "attention_impl")
 
-# Sampler-section fields only the full-attention sampler reads (ALGORITHMS.md §2), with the value
-# that leaves each one off. A block model rejects any other value: silently ignoring a prefix
-# cache or a Dream selection rule would make a run look like something it is not.
-FULL_ONLY = {"steps": None, "target": "confidence", "alg_temp": 0.0, "pad_target_penalty": 1.0,
-             "early_stop": None, "use_cache": False, "further_horizon": None}
-# Block strategy names -> the full-attention remasking rule (§2.3/§2.4): a static quota, or every
-# candidate at or above the threshold (inclusive there, strict for block models).
-FULL_REMASKING = {"low_confidence_static": "low_confidence_static", "low_confidence_dynamic": "threshold"}
+def config_help(path: Path, variant: Optional[str] = None) -> str:
+    """Every field of a config file as ``--config.<field>=<default>  <its comment>`` lines (for ``--help``).
+
+    Values come from the file's ``get_config()``; each field's comment is the
+    ``# ...`` after its assignment in the file.
+    """
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location(f"_help_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+    comments = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"\s*c\.([\w.]+)\s*=.*?#\s*(.*)$", line)
+        if m:
+            comments.setdefault(m.group(1), m.group(2).strip())
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "knobs":
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    rows = [(f"--config.{k}={v!r}", comments.get(k, "")) for k, v in flat(config.to_dict())]
+    width = max(len(a) for a, _ in rows)
+    lines = [f"  {a:<{width}}  {c}".rstrip() for a, c in rows]
+    return (f"\nConfig fields (defaults of {path.relative_to(REPO_ROOT)}; other recipes set the same fields; "
+            "override any with --config.<field>=<value>):\n\n" + "\n".join(lines) + "\n")
+
+
+def define_config_flag(config_file: str, help_text: str, flag_values=None, argv: Optional[list[str]] = None):
+    """Defines ``--config`` (default ``configs/<config_file>``, with ``--config.<field>`` overrides).
+
+    Tests pass their own ``absl.flags.FlagValues`` so that several examples,
+    each defining ``--config``, can be imported into one process.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    return config_flags.DEFINE_config_file("config", str(CONFIG_DIR / config_file), help_text,
+                                           flag_values=flags.FLAGS if flag_values is None else flag_values,
+                                           sys_argv=argv)
+
+
+def script_main(run):
+    """An ``absl.app`` main that rejects positional arguments, quiets Orbax's INFO logs and calls ``run()``."""
+    from absl import app, logging
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads or writes at INFO
+        run()
+
+    return main
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -76,97 +123,18 @@ def num_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def check_sampler_section(s, family: str, section: str = "sampler") -> None:
-    """Rejects sampler settings the model family cannot use, naming the config field.
+def make_sampler(section, tokenizer: Tokenizer, graphdef, config: ModelConfig, *, block_size: int,
+                 gen_length: int, name: str = "sampler"):
+    """The compiled sampler of a config section for a model of any family.
 
-    Args:
-      s: a sampler config section (``ConfigDict`` or dict).
-      family: the model's ``config.family`` (``"sdar"``, ``"llada"``, ``"dream"``).
-      section: the section's name in the config, for the messages.
-
-    Raises:
-      ValueError: a full-attention-only field (:data:`FULL_ONLY`) set for a
-        block model; for a full-attention model, a strategy without a
-        full-attention rule, an unknown ``target`` (Dream/LLaDA selection
-        score), or ``further_horizon`` without ``use_cache``.
+    The model's family (:func:`tracerl_jax.families.family_of`) reads the
+    section: block models get the block sampler, LLaDA/Dream the
+    full-attention one; a setting the family cannot use is a ``ValueError``
+    naming ``<name>.<field>``.
     """
-    if family == "sdar":
-        for name, off in FULL_ONLY.items():
-            if s.get(name, off) != off:
-                raise ValueError(f"{section}.{name}={s.get(name)!r} applies to full-attention models (LLaDA/Dream) "
-                                 f"only; this is a block-diffusion model (family {family!r}); leave it at {off!r}")
-        return
-    strategy = s.get("strategy", "low_confidence_static")
-    if strategy not in FULL_REMASKING:
-        raise ValueError(f"{section}.strategy={strategy!r} has no full-attention rule; a {family} model takes one of "
-                         f"{tuple(FULL_REMASKING)} (static quota, or threshold >= {section}.threshold)")
-    if s.get("target", "confidence") not in FULL_TARGETS:
-        raise ValueError(f"{section}.target must be one of {FULL_TARGETS}, got {s.get('target')!r}")
-    if s.get("further_horizon") is not None and not s.get("use_cache", False):
-        raise ValueError(f"{section}.further_horizon={s.get('further_horizon')} needs {section}.use_cache=True "
-                         "(without the prefix cache every step sees the whole canvas)")
-
-
-def sampler_config(s, tokenizer: Tokenizer, *, block_size: int, gen_length: int, family: str = "sdar",
-                   section: str = "sampler"):
-    """The sampler settings of a config section for a model of ``family``.
-
-    Block models (``sdar``) get a :class:`BlockSamplerConfig`; LLaDA/Dream a
-    :class:`FullSamplerConfig` (ALGORITHMS.md §2) built from the same fields
-    (``strategy`` -> ``remasking`` by :data:`FULL_REMASKING`; ``steps``
-    default ``steps_per_block`` per block) plus the full-only ones of
-    :data:`FULL_ONLY`.
-
-    Args:
-      s: the section (``strategy``, ``temperature``, ``threshold``, ``top_k``,
-        ``top_p``, ``steps_per_block``, ``compat``, and for full attention
-        ``steps``, ``target``, ``alg_temp``, ``pad_target_penalty``,
-        ``early_stop``, ``use_cache``, ``further_horizon``).
-      tokenizer: supplies the special ids.
-      block_size, gen_length: the canvas (``gen_length % block_size == 0``).
-      family: the model's ``config.family``.
-      section: the section's name, for error messages.
-
-    Raises:
-      ValueError: see :func:`check_sampler_section`; invalid values are
-        reported with the section name.
-    """
-    check_sampler_section(s, family, section)
-    try:
-        if family == "sdar":
-            return BlockSamplerConfig(
-                gen_length=gen_length, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                block_size=block_size, steps_per_block=s.get("steps_per_block", block_size),
-                strategy=s.get("strategy", "low_confidence_dynamic"), threshold=s.get("threshold", 0.9),
-                temperature=s.get("temperature", 1.0), top_k=s.get("top_k", 0), top_p=s.get("top_p", 1.0),
-                max_new_tokens=s.get("max_new_tokens", None), compat=s.get("compat", "recommended"))
-        steps = s.get("steps")
-        if steps is None:  # the block models' per-block budget: steps_per_block in every block
-            steps = s.get("steps_per_block", block_size) * (gen_length // max(block_size, 1))
-        return FullSamplerConfig(
-            gen_length=gen_length, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id,
-            family=family, block_size=block_size, steps=steps,
-            remasking=FULL_REMASKING[s.get("strategy", "low_confidence_static")],
-            threshold=s.get("threshold", 0.95), target=s.get("target", "confidence"),
-            temperature=s.get("temperature", 1.0), top_p=s.get("top_p", 1.0), top_k=s.get("top_k", 0),
-            alg_temp=s.get("alg_temp", 0.0), pad_target_penalty=s.get("pad_target_penalty", 1.0),
-            early_stop=s.get("early_stop"), use_cache=s.get("use_cache", False),
-            further_horizon=s.get("further_horizon"), compat=s.get("compat", "recommended"))
-    except ValueError as e:
-        raise ValueError(f"{section}: {e}") from None
-
-
-def make_sampler(graphdef, config: ModelConfig, scfg):
-    """The compiled sampler of a model: block (:class:`BlockSamplerConfig`) or
-    full attention (:class:`FullSamplerConfig`, with the prefix KV cache when
-    ``scfg.use_cache``)."""
-    if isinstance(scfg, FullSamplerConfig):
-        if scfg.family != config.family:
-            raise ValueError(f"sampler family {scfg.family!r} does not match the model's {config.family!r}")
-        return make_full_sampler(full_sampler_forward_fn(graphdef), cache_init_fn(config), scfg,
-                                 vocab_size=config.vocab_size, max_positions=config.max_position_embeddings)
-    return make_block_sampler(sampler_forward_fn(graphdef), cache_init_fn(config), scfg,
-                              vocab_size=config.vocab_size, max_positions=config.max_position_embeddings)
+    family = get_family(config.family)
+    scfg = family.sampler_config(section, tokenizer, block_size=block_size, gen_length=gen_length, name=name)
+    return family.make_sampler(graphdef, config, scfg)
 
 
 class Policy(NamedTuple):

@@ -32,8 +32,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from examples import _common
 from tracerl_jax import rl
+from tracerl_jax.advantages import ADVANTAGE_ESTIMATORS
 from tracerl_jax.data import ExampleIterator
 from tracerl_jax.evaluation import default_verifier, evaluate
+from tracerl_jax.families import Family, RowSettings, get_family
+from tracerl_jax.losses import POLICY_LOSSES
 from tracerl_jax.models import (ModelConfig, get_preset, init_model, load_hf_checkpoint, read_hf_config,
                                 shipped_checkpoint, split_model, value_model_from_policy)
 from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
@@ -44,7 +47,8 @@ from tracerl_jax.train.checkpoint import MODEL_CONFIG_NAME, CheckpointManager, l
 from tracerl_jax.train.metrics import MetricsWriter, plot_curves
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer
 from tracerl_jax.train.step import init_train_state, state_shardings
-from tracerl_jax.train.steps import FULL_ATTENTION_REF, PolicyLossConfig, make_policy_step, make_value_step
+from tracerl_jax.registry import check_name
+from tracerl_jax.train.steps import PolicyLossConfig, make_policy_step, make_value_step
 
 # Exit status of a run stopped by SIGTERM after its checkpoint was written:
 # 128 + SIGTERM, what a shell reports for a process the signal killed, so a
@@ -146,10 +150,11 @@ def _policy_path(spec: str) -> Path:
 
 
 def policy_family(cfg: ml_collections.ConfigDict) -> str:
-    """The family (``"sdar"``, ``"llada"``, ``"dream"``) of ``cfg.model.init``, read without loading weights.
+    """The family name (``"sdar"``, ``"llada"``, ``"dream"``) of ``cfg.model.init``, read without loading weights.
 
-    It picks the sampler (block, or full attention §2) and the training rows
-    (extended layout §4, or single sequence §5).
+    Its :class:`~tracerl_jax.families.Family` picks the sampler (block, or
+    full attention §2), the training rows (extended layout §4, or single
+    sequence §5) and the loss form (§6.4).
     """
     spec = cfg.model.init
     if spec.startswith("random:"):
@@ -234,28 +239,33 @@ def sampler(cfg, tokenizer, mcfg, graphdef, *, strategy, temperature, threshold)
     """The rollout (or evaluation) sampler of the policy's family.
 
     ``cfg.rollout`` gives every setting but the three arguments (which differ
-    between rollouts and evaluation): the block sampler for block models, the
-    full-attention sampler (§2: LLaDA/Dream step rules, prefix cache) for
-    LLaDA/Dream models.
+    between rollouts and evaluation).
     """
     section = dict(cfg.rollout.to_dict(), strategy=strategy, temperature=temperature, threshold=threshold)
-    scfg = _common.sampler_config(section, tokenizer, block_size=cfg.rollout.block_size,
-                                  gen_length=cfg.rollout.gen_length, family=mcfg.family, section="rollout")
-    return _common.make_sampler(graphdef, mcfg, scfg)
+    return _common.make_sampler(section, tokenizer, graphdef, mcfg, block_size=cfg.rollout.block_size,
+                                gen_length=cfg.rollout.gen_length, name="rollout")
 
 
-def policy_loss_config(cfg, family: str) -> PolicyLossConfig:
-    """The policy loss (§6) of ``cfg.rl``: the block [REF] form, or the full-attention one (§6.4: no
-    log-ratio clamp, a per-row token mean, an unnormalised KL) for LLaDA/Dream."""
+def policy_loss_config(cfg, family: Family | str) -> PolicyLossConfig:
+    """The policy loss (§6) of ``cfg.rl`` in the family's reference form (block §6.2; full attention
+    §6.4: no log-ratio clamp, a per-row token mean, an unnormalised KL)."""
     c = cfg.rl
-    base = PolicyLossConfig() if family == "sdar" else FULL_ATTENTION_REF
-    return dataclasses.replace(base, eps=c.eps, beta=c.beta, kl_estimator=c.kl_estimator,
-                               normalizer=loss_normalizer(cfg, family))
+    family = get_family(family) if isinstance(family, str) else family
+    return dataclasses.replace(PolicyLossConfig(**family.policy_loss_defaults), name=c.loss, eps=c.eps, beta=c.beta,
+                               kl_estimator=c.kl_estimator, normalizer=c.normalizer or family.normalizer)
 
 
-def loss_normalizer(cfg, family: str) -> str:
-    """``rl.normalizer``, or the family's [REF] choice when it is None (Q-L2)."""
-    return cfg.rl.normalizer or ("global_L1" if family == "sdar" else "row_tokens")
+def advantage_estimator(cfg) -> str:
+    """``rl.advantage``, or step-level GAE with the value model and group z-scores without (§7.4, §8)."""
+    return cfg.rl.advantage or ("step_gae" if cfg.value.enabled else "group")
+
+
+def row_settings(cfg, tokenizer) -> RowSettings:
+    """The row fields of the RL config."""
+    c = cfg.rl
+    return RowSettings(mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, block_size=cfg.rollout.block_size,
+                       shrink=c.shrink, post_num=c.post_num, lower_p=c.lower_p, upper_p=c.upper_p,
+                       mask_ratio=c.mask_ratio, num_draws=c.num_draws, compat=cfg.rollout.compat)
 
 
 def shard_rows_locally(sample_fn, local_mesh: Mesh):
@@ -303,7 +313,7 @@ def resolve_batch_rows(cfg: ml_collections.ConfigDict, device_count: int) -> Non
     cfg.rl.batch_rows = per * device_count
 
 
-def check_config(cfg: ml_collections.ConfigDict, *, family: str = "sdar", process_count: int = 1,
+def check_config(cfg: ml_collections.ConfigDict, *, family: Family | str = "sdar", process_count: int = 1,
                  device_count: int = 1) -> None:
     """Rejects a config that cannot run, before anything is built.
 
@@ -320,8 +330,14 @@ def check_config(cfg: ml_collections.ConfigDict, *, family: str = "sdar", proces
         other model family, ...).
     """
     r, c = cfg.rollout, cfg.rl
-    if c.method not in rl.METHODS:
-        raise ValueError(f"rl.method must be one of {rl.METHODS}, got {c.method!r}")
+    family = get_family(family) if isinstance(family, str) else family
+    check_name(rl.ROW_BUILDERS, c.method, "rl.method")
+    check_name(POLICY_LOSSES, c.loss, "rl.loss")
+    estimator = advantage_estimator(cfg)
+    check_name(ADVANTAGE_ESTIMATORS, estimator, "rl.advantage")
+    if getattr(ADVANTAGE_ESTIMATORS.get(estimator), "needs_values", False) != bool(cfg.value.enabled):
+        raise ValueError(f"rl.advantage={estimator!r} {'needs' if not cfg.value.enabled else 'does not use'} the "
+                         f"value model; set value.enabled={not cfg.value.enabled} or choose another estimator")
     for name, v in (("rollout.num_prompts", r.num_prompts), ("rollout.k", r.k), ("rollout.block_size",
                     r.block_size), ("rl.batch_rows", c.batch_rows), ("rl.grad_accum", c.grad_accum),
                     ("eval.every", cfg.eval.every), ("eval.batch_size", cfg.eval.batch_size),
@@ -347,24 +363,15 @@ def check_config(cfg: ml_collections.ConfigDict, *, family: str = "sdar", proces
                          f"number of devices ({device_count}); raise rl.batch_rows or lower rl.grad_accum")
 
 
-def _check_family_settings(cfg, family: str) -> None:
+def _check_family_settings(cfg, family: Family) -> None:
     r, c = cfg.rollout, cfg.rl
-    _common.check_sampler_section(r, family, "rollout")
-    _common.check_sampler_section(dict(r.to_dict(), strategy=cfg.eval.strategy), family, "eval")
+    family.check_sampler_section(r, "rollout")
+    family.check_sampler_section(dict(r.to_dict(), strategy=cfg.eval.strategy), "eval")
     if r.compat not in ("recommended", "reference"):
         raise ValueError(f"rollout.compat must be 'recommended' or 'reference', got {r.compat!r}")
     if not isinstance(c.num_draws, int) or isinstance(c.num_draws, bool) or c.num_draws < 1:
         raise ValueError(f"rl.num_draws must be an int >= 1, got {c.num_draws!r}")
-    if family == "sdar":
-        if r.compat != "recommended":
-            raise ValueError("rollout.compat='reference' is implemented in examples/tracerl.py for full-attention "
-                             "models only (block models: BlockSamplerConfig(compat=...) in the library)")
-        if c.num_draws != 1:
-            raise ValueError(f"rl.num_draws={c.num_draws} applies to full-attention models only (block baselines "
-                             "draw one row per response, §9.1)")
-    elif c.mask_ratio not in (None, "row"):
-        raise ValueError(f"rl.mask_ratio={c.mask_ratio!r} applies to block models only; full-attention baselines "
-                         "draw one masking ratio per row (§9.2): leave it None (or 'row')")
+    family.check_rl_settings(r, c)
 
 
 # ---------------------------------------------------------------------------
@@ -392,12 +399,14 @@ def build(cfg: ml_collections.ConfigDict, *, score_fn: Optional[Callable] = None
       score_fn: batch reward ``(texts, examples, lengths) -> scores``;
         default: the task's verifier.
     """
-    family = policy_family(cfg)
+    family = get_family(policy_family(cfg))
     resolve_batch_rows(cfg, jax.device_count())
     check_config(cfg, family=family, process_count=jax.process_count(), device_count=jax.device_count())
     run = SimpleNamespace(cfg=cfg, workdir=Path(cfg.workdir), family=family)
     run.workdir.mkdir(parents=True, exist_ok=True)
     run.tokenizer = load_tokenizer(cfg.tokenizer)
+    run.row_settings = row_settings(cfg, run.tokenizer)
+    run.advantage = advantage_estimator(cfg)
     run.train, run.test = load_data(cfg)
     run.score_fn = score_fn or default_verifier(run.train[:1] + run.test[:1])
 
@@ -434,7 +443,7 @@ def build(cfg: ml_collections.ConfigDict, *, score_fn: Optional[Callable] = None
         vstate_sh = state_shardings(vstate, vopt, run.mesh)
         run.vstate = rl.to_global(vstate, vstate_sh)
         run.value_step = make_value_step(run.value_graphdef, vopt, clip=cfg.value.clip,
-                                         normalizer=loss_normalizer(cfg, family), mesh=run.mesh,
+                                         normalizer=cfg.rl.normalizer or family.normalizer, mesh=run.mesh,
                                          state_sharding=vstate_sh)
         run.old_values = _row_map(trajectory_values, run.value_graphdef, vstate_sh.params, run.batch_sharding)
     del model, params, state

@@ -29,8 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 import _common  # noqa: E402
 from tracerl_jax import evaluation  # noqa: E402
@@ -155,9 +154,8 @@ def evaluate_checkpoint(cfg: ml_collections.ConfigDict, write: Callable[[str], N
     examples = _common.eval_examples(cfg.data)
     if not examples:
         raise ValueError(f"config.data selects no examples ({cfg.data.name}, num={cfg.data.num})")
-    scfg = _common.sampler_config(s, tok, block_size=s.block_size, gen_length=s.gen_length,
-                                  family=policy.config.family)
-    sample_fn = _common.make_sampler(policy.graphdef, policy.config, scfg)
+    sample_fn = _common.make_sampler(s, tok, policy.graphdef, policy.config, block_size=s.block_size,
+                                     gen_length=s.gen_length)
     write(f"evaluating {cfg.checkpoint} ({policy.source}, {_common.num_params(policy.params) / 1e6:.2f}M params) "
           f"on {len(examples)} {cfg.data.name} problems x {cfg.num_samples} samples: {s.strategy}, "
           f"b={s.block_size}, {s.steps_per_block} steps/block, T={s.temperature}, top_k={s.top_k}, "
@@ -188,27 +186,17 @@ def evaluate_checkpoint(cfg: ml_collections.ConfigDict, write: Callable[[str], N
 
 
 _CONFIG = None  # the --config flag holder, set by define_flags()
+__doc__ = (__doc__ or "") + _common.config_help(_common.CONFIG_DIR / "evaluate.py")
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: Optional[list[str]] = None):
-    """Defines ``--config`` (with ``--config.<field>`` overrides) on ``flag_values``.
-
-    Called when run as a script; tests pass their own ``FlagValues`` so this
-    file and the other examples (which define ``--config`` too) can be
-    imported into one process.
-    """
+    """Defines ``--config`` on ``flag_values`` (tests pass their own, see ``_common.define_config_flag``)."""
     global _CONFIG
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", str(_common.CONFIG_DIR / "evaluate.py"), "Evaluation config (configs/evaluate.py[:variant]).",
-        flag_values=flag_values, sys_argv=argv)
+    _CONFIG = _common.define_config_flag("evaluate.py", "Evaluation config (configs/evaluate.py[:variant]).", flag_values, argv)
     return _CONFIG
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO
-    evaluate_checkpoint(_CONFIG.value)
+main = _common.script_main(lambda: evaluate_checkpoint(_CONFIG.value))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 import _common  # noqa: E402
 import evaluate  # noqa: E402  (examples/evaluate.py: this directory is first on sys.path)
@@ -88,9 +87,8 @@ def sample(cfg: ml_collections.ConfigDict, write: Callable[[str], None] = print)
     policy = evaluate.load_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
     tok, s = policy.tokenizer, cfg.sampler
     texts, examples = prompts_of(cfg, tok)
-    scfg = _common.sampler_config(s, tok, block_size=s.block_size, gen_length=s.gen_length,
-                                  family=policy.config.family)
-    sample_fn = _common.make_sampler(policy.graphdef, policy.config, scfg)
+    sample_fn = _common.make_sampler(s, tok, policy.graphdef, policy.config, block_size=s.block_size,
+                                     gen_length=s.gen_length)
 
     # Row k = (prompt k // num_samples, sample k % num_samples), keyed by k alone.
     K = cfg.num_samples
@@ -130,27 +128,17 @@ def sample(cfg: ml_collections.ConfigDict, write: Callable[[str], None] = print)
 
 
 _CONFIG = None  # the --config flag holder, set by define_flags()
+__doc__ = (__doc__ or "") + _common.config_help(_common.CONFIG_DIR / "sample.py")
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: Optional[list[str]] = None):
-    """Defines ``--config`` (with ``--config.<field>`` overrides) on ``flag_values``.
-
-    Called when run as a script; tests pass their own ``FlagValues`` so this
-    file and the other examples (which define ``--config`` too) can be
-    imported into one process.
-    """
+    """Defines ``--config`` on ``flag_values`` (tests pass their own, see ``_common.define_config_flag``)."""
     global _CONFIG
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", str(_common.CONFIG_DIR / "sample.py"), "Sampling config (configs/sample.py[:variant]).",
-        flag_values=flag_values, sys_argv=argv)
+    _CONFIG = _common.define_config_flag("sample.py", "Sampling config (configs/sample.py[:variant]).", flag_values, argv)
     return _CONFIG
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO
-    sample(_CONFIG.value)
+main = _common.script_main(lambda: sample(_CONFIG.value))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -38,9 +37,8 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import _common  # noqa: E402
 from tracerl_jax import evaluation  # noqa: E402
-from tracerl_jax.baselines import semi_ar_sft_rows  # noqa: E402
-from tracerl_jax.baselines_full import full_ar_sft_rows, full_random_masking_rows, full_semi_ar_sft_rows  # noqa: E402
 from tracerl_jax.data import ExampleIterator, SFTPairs, encode_sft_pairs  # noqa: E402
+from tracerl_jax.families import Family, RowSettings, get_family  # noqa: E402
 from tracerl_jax.models import get_preset, init_model, save_hf_checkpoint, split_model  # noqa: E402
 from tracerl_jax.tasks import get_task  # noqa: E402
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
@@ -48,69 +46,32 @@ from tracerl_jax.train import checkpoint as ckpt_lib  # noqa: E402
 from tracerl_jax.train.metrics import MetricsWriter, plot_curves  # noqa: E402
 from tracerl_jax.train.optimizer import OptimizerConfig, learning_rate, make_optimizer  # noqa: E402
 from tracerl_jax.train.sharding import make_mesh  # noqa: E402
-from tracerl_jax.train.step import TrainState, init_train_state, state_shardings, to_microbatches  # noqa: E402
+from tracerl_jax.train.step import init_train_state, state_shardings, to_microbatches  # noqa: E402
 from tracerl_jax.train.steps import batch_scalars, make_sft_step  # noqa: E402
-from tracerl_jax.trajectory import build_rows  # noqa: E402
 
-# SFT methods per model family (§10.1 block models, §10.2 full attention; "ar" is Dream's).
-METHODS = {"sdar": ("semi-ar", "trace"), "llada": ("semi-ar", "random_masking"),
-           "dream": ("semi-ar", "random_masking", "ar")}
-
-
-def sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, tok, family: str = "sdar"):
-    """Training rows of one batch of pairs: the extended layout (§10.1) for block
-    models, single sequences (§10.2) for LLaDA/Dream."""
+def row_settings(cfg: ml_collections.ConfigDict, tok) -> RowSettings:
+    """The row fields of the SFT config (``sft.post_num < 0`` turns the pad rule off)."""
     post_num = None if cfg.sft.post_num < 0 else int(cfg.sft.post_num)
-    if family != "sdar":
-        return full_sft_rows(key, pairs, cfg, tok, family, post_num)
-    if cfg.sft.method == "semi-ar":
-        return semi_ar_sft_rows(key, pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids,
-                                block_size=cfg.block_size, mask_id=tok.mask_id, pad_id=tok.pad_id,
-                                lower_p=cfg.sft.lower_p, upper_p=cfg.sft.upper_p, ratio=cfg.sft.ratio or "block",
-                                post_num=post_num)
-    # trace without a recorded trajectory: the left-to-right step map, one row per round.
-    N, L1 = pairs.response_ids.shape
-    return build_rows(pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids, np.zeros((N, L1), np.int32),
-                      pairs.response_lengths, block_size=cfg.block_size, mask_id=tok.mask_id,
-                      pad_id=tok.pad_id, shrink=cfg.sft.shrink, post_num=post_num,
-                      has_step_map=np.zeros((N,), bool))
+    return RowSettings(mask_id=tok.mask_id, pad_id=tok.pad_id, block_size=cfg.block_size, shrink=cfg.sft.shrink,
+                       post_num=post_num, lower_p=cfg.sft.lower_p, upper_p=cfg.sft.upper_p)
 
 
-def full_sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, tok, family: str, post_num):
-    """Full-attention SFT rows (§10.2) of one batch: ``FullRows`` with ``[R, L1]`` per-token arrays."""
-    s = cfg.sft
-    if s.method == "semi-ar":
-        return full_semi_ar_sft_rows(key, pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids,
-                                     mask_id=tok.mask_id, pad_id=tok.pad_id, family=family,
-                                     block_size=cfg.block_size, lower_p=s.lower_p, upper_p=s.upper_p,
-                                     post_num=post_num, ratio=s.ratio)
-    if s.method == "random_masking":
-        return full_random_masking_rows(key, pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids,
-                                        mask_id=tok.mask_id, pad_id=tok.pad_id, family=family, num_draws=s.num_draws,
-                                        lower_p=s.lower_p, upper_p=s.upper_p, post_num=post_num)
-    return full_ar_sft_rows(pairs.prompt_ids, pairs.prompt_valid, pairs.response_ids, pad_id=tok.pad_id,
-                            post_num=post_num)
+def sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, family: Family, settings: RowSettings):
+    """Training rows of one batch of pairs, as the model's family builds them (§10)."""
+    return family.sft_rows(cfg.sft.method, key, pairs, settings, ratio=cfg.sft.ratio, num_draws=cfg.sft.num_draws)
 
 
-def sft_normalizer(cfg: ml_collections.ConfigDict, family: str) -> str:
-    """``sft.normalizer``, or the family's [REF] one when None (global_L1 §10.1, row_tokens §10.2)."""
-    return cfg.sft.normalizer or ("global_L1" if family == "sdar" else "row_tokens")
+def sft_normalizer(cfg: ml_collections.ConfigDict, family: Family | str) -> str:
+    """``sft.normalizer``, or the family's reference one when None (global_L1 §10.1, row_tokens §10.2)."""
+    family = get_family(family) if isinstance(family, str) else family
+    return cfg.sft.normalizer or family.normalizer
 
 
-def _validate(cfg: ml_collections.ConfigDict, family: str = "sdar") -> None:
-    methods = METHODS[family]
-    if cfg.sft.method not in methods:
-        raise ValueError(f"sft.method must be one of {methods} for a {family} model "
-                         f"(model.preset={cfg.model.preset!r}), got {cfg.sft.method!r}")
-    if family == "sdar":
-        if cfg.sft.num_draws != 1:
-            raise ValueError(f"sft.num_draws={cfg.sft.num_draws} applies to full-attention random_masking only")
-    else:
-        if cfg.sft.ratio not in (None, "row", "token"):
-            raise ValueError(f"sft.ratio={cfg.sft.ratio!r}: full-attention semi-ar draws one ratio per row or per "
-                             "token (None = row, token [REF]); 'block' is for block models")
-        if not isinstance(cfg.sft.num_draws, int) or cfg.sft.num_draws < 1:
-            raise ValueError(f"sft.num_draws must be an int >= 1, got {cfg.sft.num_draws!r}")
+def _validate(cfg: ml_collections.ConfigDict, family: Family) -> None:
+    try:
+        family.check_sft_settings(cfg.sft.method, cfg.sft.ratio, cfg.sft.num_draws)
+    except ValueError as e:
+        raise ValueError(f"{e} (model.preset={cfg.model.preset!r})") from None
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by grad_accum={cfg.grad_accum}")
     if not 0 <= cfg.stop_at <= cfg.num_steps:
@@ -130,7 +91,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
       ``{"step", "eval/accuracy", ...}`` of the final evaluation, and
       ``export_dir``.
     """
-    family = get_preset(cfg.model.preset).family  # sdar | llada | dream: picks the rows and the sampler
+    family = get_family(get_preset(cfg.model.preset).family)  # picks the rows, the loss form and the sampler
     _validate(cfg, family)
     workdir = Path(workdir or cfg.workdir).absolute()
     # The learning-rate schedule always spans num_steps; stop_at ends the run
@@ -145,13 +106,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     task = get_task(cfg.task.name, **_common.task_knobs(cfg.task))
     train = task.generate("train", cfg.task.num_train, seed=cfg.task.seed)
     held_out = task.generate("test", cfg.eval.num, seed=cfg.task.seed)
-    if family == "sdar":
-        lengths = dict(max_response_len=cfg.max_response_len or None)
-    else:
-        # Full attention: train on the sampler's canvas (gen_length: the response, EOS, PAD filler),
-        # since the model attends to every canvas position while it decodes (§10.2 pads to max_gen_length).
-        lengths = dict(response_len=cfg.gen_length, max_response_len=min(cfg.max_response_len or cfg.gen_length,
-                                                                         cfg.gen_length))
+    lengths = family.sft_lengths(cfg.gen_length, cfg.max_response_len)
     pairs = encode_sft_pairs(tok, [evaluation.prompt_text(tok, e) for e in train], [e.solution for e in train],
                              block_size=cfg.block_size, **lengths)
     L0, L1 = pairs.prompt_ids.shape[1], pairs.response_ids.shape[1]
@@ -187,12 +142,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         start = restored.step
         say(f"resumed from step {start} ({workdir / 'checkpoints'})")
     say(f"SFT {cfg.sft.method} on {cfg.task.name} {_common.task_knobs(cfg.task)}: {len(pairs.kept)} pairs, "
-        f"L0={L0} L1={L1}, model {cfg.model.preset} ({family}, {_common.num_params(state.params) / 1e6:.2f}M params), "
+        f"L0={L0} L1={L1}, model {cfg.model.preset} ({family.name}, {_common.num_params(state.params) / 1e6:.2f}M params), "
         f"{cfg.num_steps} steps of {cfg.batch_size}")
 
-    scfg = _common.sampler_config(cfg.eval, tok, block_size=cfg.block_size, gen_length=cfg.gen_length,
-                                  family=family, section="eval")
-    sample_fn = _common.make_sampler(graphdef, model_cfg, scfg)
+    sample_fn = _common.make_sampler(cfg.eval, tok, graphdef, model_cfg, block_size=cfg.block_size,
+                                     gen_length=cfg.gen_length, name="eval")
+    settings = row_settings(cfg, tok)
     writer = MetricsWriter(workdir)
 
     def run_eval(step, params):
@@ -211,7 +166,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
                disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
         batch_pairs = pairs.take(next(it))
-        rows = sft_rows(jax.random.fold_in(jax.random.split(rng)[0], step), batch_pairs, cfg, tok, family)
+        rows = sft_rows(jax.random.fold_in(jax.random.split(rng)[0], step), batch_pairs, cfg, family, settings)
         batch = dict(rows=rows, **batch_scalars(rows.row_valid, cfg.grad_accum, L1))
         lr = learning_rate(opt_cfg, step)
         state, metrics = train_step(state, to_microbatches(batch, cfg.grad_accum), lr)
@@ -260,6 +215,7 @@ def export(path: Path, params, model_cfg, cfg: ml_collections.ConfigDict, final:
     return out
 
 
+__doc__ = (__doc__ or "") + _common.config_help(_common.CONFIG_DIR / "sft.py")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(_common.CONFIG_DIR / "sft.py"), "SFT config file (configs/sft.py[:variant]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Overrides config.workdir.")

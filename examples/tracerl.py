@@ -24,12 +24,15 @@ Usage:
   # TPU pod slice: the same command on every host
   python examples/tracerl.py --distributed --config=configs/trado_4b.py
 
-The policy's family picks the sampler and the rows: a block model (SDAR/TraDo)
-is rolled out block by block and trained on the extended layout (§1, §4,
-§9.1); a LLaDA/MMaDA or Dream/DiffuCoder model is rolled out with the
-full-attention sampler (§2) and trained on single-sequence rows with
-whole-response shrinkage ``rl.shrink`` (§5, §9.2) and the full-attention
-loss (§6.4). Everything else of the loop is shared.
+The policy's family (``tracerl_jax.families``) picks the sampler, the layout
+of the rows and the form of the loss: a block model (SDAR/TraDo) is rolled out
+block by block and trained on the extended layout (§1, §4, §9.1); a
+LLaDA/MMaDA or Dream/DiffuCoder model is rolled out with the full-attention
+sampler (§2) and trained on single-sequence rows with whole-response
+shrinkage ``rl.shrink`` (§5, §9.2) and the full-attention loss (§6.4). The
+loop itself has no family branch. Methods are chosen by name: ``rl.method``
+(row builders, ``rl.ROW_BUILDERS``), ``rl.advantage``
+(``advantages.ADVANTAGE_ESTIMATORS``), ``rl.loss`` (``losses.POLICY_LOSSES``).
 
 Re-running with the same workdir resumes from the last checkpoint and continues
 exactly as an uninterrupted run would. SIGTERM (preemption) finishes the current
@@ -57,11 +60,12 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from examples import _rl_setup as setup  # noqa: E402
-from tracerl_jax import rl, rl_full  # noqa: E402
+from tracerl_jax import rl  # noqa: E402
 from tracerl_jax.train.optimizer import learning_rate  # noqa: E402
 from tracerl_jax.train.step import to_microbatches  # noqa: E402
 
 FLAGS = flags.FLAGS
+__doc__ = (__doc__ or "") + setup._common.config_help(setup._common.CONFIG_DIR / "tracerl.py")
 config_flags.DEFINE_config_file("config", str(Path(__file__).resolve().parents[1] / "configs" / "tracerl.py"),
                                 "RL recipe (ml_collections config file).")
 flags.DEFINE_string("reward", None, "Batch reward 'package.module:function' with signature (texts, examples, "
@@ -122,32 +126,6 @@ def value_update(run, rows, num_batches, old_values, returns, L1_ref):
     return metrics
 
 
-def policy_rows(run, batch, key):
-    """Training rows of every response (§4 / §9.1 for block models, §5 / §9.2 for full attention).
-
-    Returns ``(rows, completion [N, L1])``; per-token arrays of either kind of
-    rows are ``[R, L1]``, so the rest of the step does not care which.
-    """
-    cfg, c, tok = run.cfg, run.cfg.rl, run.tokenizer
-    if run.family == "sdar":
-        return rl.build_policy_rows(c.method, batch, block_size=cfg.rollout.block_size, mask_id=tok.mask_id,
-                                    pad_id=tok.pad_id, key=key, shrink=c.shrink, post_num=c.post_num,
-                                    lower_p=c.lower_p, upper_p=c.upper_p, mask_ratio=c.mask_ratio or "block")
-    return rl_full.build_policy_rows(c.method, batch, family=run.family, mask_id=tok.mask_id, pad_id=tok.pad_id,
-                                     key=key, shrink=c.shrink, post_num=c.post_num, lower_p=c.lower_p,
-                                     upper_p=c.upper_p, num_draws=c.num_draws, compat=cfg.rollout.compat)
-
-
-def value_advantages(run, old_values, rows, batch, completion):
-    """Step-level GAE (§8) over the rows' trace steps: ``(advantages, returns)``, each ``[R_pad, L1]``."""
-    cfg, c = run.cfg, run.cfg.rl
-    kw = dict(shrink=c.shrink, pad_id=run.tokenizer.pad_id, post_num=c.post_num, gamma=cfg.value.gamma,
-              lam=cfg.value.lam)
-    if run.family == "sdar":
-        return rl.step_advantages(old_values, rows, batch, completion, block_size=cfg.rollout.block_size, **kw)
-    return rl_full.step_advantages(old_values, rows, batch, completion, **kw)
-
-
 def rl_step(run, step: int):
     """One TraceRL iteration; returns its metrics (global: every process returns the same)."""
     cfg, c = run.cfg, run.cfg.rl
@@ -164,8 +142,9 @@ def rl_step(run, step: int):
                                   group_filter=cfg.rollout.group_filter, truncation_cap=cfg.rollout.truncation_cap)
     batch = rl.gather_rollouts(local, run.tokenizer)   # the whole step's batch, on every process
     t1 = time.perf_counter()
-    # 4. training rows (TraceRL replays each trajectory; baselines draw masks)
-    rows, completion = policy_rows(run, batch, jax.random.fold_in(key, 1))
+    # 4. training rows (TraceRL replays each trajectory; baselines draw masks), in the family's layout
+    rows, completion = rl.build_policy_rows(c.method, batch, family=run.family, settings=run.row_settings,
+                                            key=jax.random.fold_in(key, 1))
     rows, _, num_batches = rl.pack_rows(rows, c.batch_rows)
     L1_ref = float(max(int(np.max(np.asarray(batch.rollout.lengths))), 1))
     out = rl.rollout_metrics(batch)
@@ -173,12 +152,13 @@ def rl_step(run, step: int):
     if num_batches == 0:  # every group was filtered out: nothing to learn from this step
         out.update(time_rollout=t1 - t0, time_update=0.0)
         return out
-    # 5. value model: old values -> step-level GAE; else the scalar group advantage
+    # 5. advantages: [value model: old values ->] step-level GAE, or the group z-scores
+    old_values = None
     if run.value_step is not None:
         old_values = row_scores(run, run.old_values, run.vstate.params, rows, num_batches)
-        adv, returns = value_advantages(run, old_values, rows, batch, completion)
-    else:
-        adv = batch.advantages[np.asarray(rows.response_index)]
+    inputs = rl.advantage_inputs(rows, batch, completion, family=run.family, settings=run.row_settings,
+                                 old_values=old_values)
+    adv, returns = rl.compute_advantages(run.advantage, inputs, gamma=cfg.value.gamma, lam=cfg.value.lam)
     # 6. policy update(s)
     out.update(mean_metrics(policy_update(run, rows, num_batches, adv, L1_ref), "policy"))
     # 7. value update
@@ -214,7 +194,7 @@ def _train(run, stop: "setup.StopRequest") -> dict:
     cfg = run.cfg
     lead = jax.process_index() == 0
     say = print if lead else (lambda *a, **k: None)
-    say(f"[tracerl] method={cfg.rl.method} value={cfg.value.enabled} model={cfg.model.init} ({run.family}) "
+    say(f"[tracerl] method={cfg.rl.method} value={cfg.value.enabled} model={cfg.model.init} ({run.family.name}) "
         f"task={cfg.task.name} workdir={run.workdir} processes={jax.process_count()} devices={jax.device_count()}")
     if run.start_step == 0:
         run.initial_accuracy = setup.held_out_accuracy(run, run.state.params)

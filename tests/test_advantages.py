@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracerl_jax import advantages as adv
+from tracerl_jax import rows as rows_lib
 from tracerl_jax import trajectory as tr
 
 # §8.5 worked example: the response of §4.7, post_num = 0 (r6, r7 not trainable)
@@ -132,12 +133,21 @@ def test_gae_through_rows():
     steps, valid = tr.trace_step_ids(sm, np.array([6]), block_size=4)
     assert valid.all()
     tau = tr.trainable_mask(resp, 0, 0)
-    row_values = tr.scatter_to_rows(V_OLD, rows)  # the value model's outputs, row layout
+    row_values = rows_lib.scatter(V_OLD, rows.scored, rows.response_index)  # the value model's outputs, [R, L1]
     r = adv.outcome_token_rewards(np.array([1.0]), steps, tau)
-    a_rows, r_rows = adv.step_gae_rows(rows, row_values, r, steps, tau, gamma=1.0, lam=1.0)
-    a_tok = tr.gather_from_rows(a_rows, rows, 1)
+    a_rows, r_rows = adv.step_gae_rows(row_values, rows.scored, rows.response_index, r, steps, tau, gamma=1.0,
+                                       lam=1.0)
+    a_tok = rows_lib.gather(a_rows, rows.scored, rows.response_index, 1)
     np.testing.assert_allclose(a_tok[0, :6], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], atol=1e-6)
     assert (np.asarray(a_rows)[~np.asarray(rows.p_mask)] == 0).all()
+    # The registered estimator gives the same through AdvantageInputs.
+    inputs = adv.AdvantageInputs(rows.scored, rows.response_index, np.array([1.0]), steps, tau, row_values)
+    a_est, r_est = adv.ADVANTAGE_ESTIMATORS.get("step_gae")(inputs, gamma=1.0, lam=1.0)
+    np.testing.assert_array_equal(a_est, a_rows)
+    np.testing.assert_array_equal(r_est, r_rows)
+    g, none = adv.ADVANTAGE_ESTIMATORS.get("group")(inputs)
+    assert none is None
+    np.testing.assert_array_equal(g, np.where(np.asarray(rows.scored), 1.0, 0.0))
     jitted = jax.jit(adv.step_gae, static_argnames=("gamma", "lam"))
     np.testing.assert_allclose(jitted(r, V_OLD, steps, tau, gamma=0.99)[0],
                                adv.step_gae(r, V_OLD, steps, tau, gamma=0.99)[0], rtol=1e-6)
@@ -184,5 +194,5 @@ def test_bad_input():
         prompt = np.ones((1, 2), int)
         rows = tr.build_rows(prompt, prompt > 0, np.ones((1, 4), int), np.ones((1, 4), int),
                              np.array([4]), block_size=2, mask_id=9, pad_id=0)
-        adv.step_gae_rows(rows, np.zeros((3, 6)), np.zeros((1, 4)), np.ones((1, 4), int),
-                          np.ones((1, 4), bool))
+        adv.step_gae_rows(np.zeros((3, 6)), rows.scored, rows.response_index, np.zeros((1, 4)),
+                          np.ones((1, 4), int), np.ones((1, 4), bool))

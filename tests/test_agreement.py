@@ -15,7 +15,8 @@ import pytest
 
 from tracerl_jax.models import ModelConfig, cache_init_fn, init_model, sampler_forward_fn, split_model
 from tracerl_jax.sampling import BlockSamplerConfig, make_block_sampler
-from tracerl_jax.scoring import rows_from_rollout, trajectory_logprobs
+from tracerl_jax.scoring import trajectory_logprobs
+from tracerl_jax.trajectory import rows_from_rollout
 
 PAD, EOS, MASK = 0, 1, 2
 CFG = ModelConfig(vocab_size=32, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -68,8 +69,7 @@ def test_trajectory_logprobs_equal_sampler_logprobs(model, strategy, steps, bloc
                            pad_id=PAD, post_num=None)
     rows = rr.rows
     logp = np.asarray(jax.jit(trajectory_logprobs, static_argnums=0)(graphdef, params, rows))
-    L0 = prompts.shape[1]
-    p_mask = np.asarray(rows.p_mask)[:, L0:] & np.asarray(rows.row_valid)[:, None]
+    p_mask = np.asarray(rows.scored)
     idx = np.asarray(rows.response_index)
     recorded = np.asarray(ro.logprobs)[idx]
     # every completion token is scored exactly once

@@ -6,7 +6,7 @@ import pytest
 
 from tracerl_jax import attention
 from tracerl_jax import baselines as bl
-from tracerl_jax import trajectory as tr
+from tracerl_jax import rows as rows_lib
 
 PAD, MASK = 0, 99
 N, L0, L1, B = 4, 3, 10, 4
@@ -27,20 +27,20 @@ KW = dict(block_size=B, mask_id=MASK, pad_id=PAD)
 
 
 def _noised(rows):
-    return np.asarray(rows.extended_tokens)[:, L0 + L1:]
+    return np.asarray(rows.tokens)[:, L0 + L1:]
 
 
 def test_random_masking_rows_layout():
     prompt, pv, resp = _batch()
     rows = bl.random_masking_rows(KEY, prompt, pv, resp, post_num=None, **KW)
-    assert rows.p_mask.shape == (N, L0 + L1)
+    assert rows.p_mask.shape == (N, L1)  # the response layout
     np.testing.assert_array_equal(rows.response_index, np.arange(N))
     masked = _noised(rows) == MASK
-    p = np.asarray(rows.p_mask)[:, L0:]
+    p = np.asarray(rows.p_mask)
     np.testing.assert_array_equal(p, masked)  # p_mask = masked tokens
     np.testing.assert_array_equal(np.where(masked, MASK, resp), _noised(rows))  # others clean
     # same positions and attention info as the TraceRL rows
-    np.testing.assert_array_equal(rows.positions, tr.extended_positions(pv, L1))
+    np.testing.assert_array_equal(rows.positions, rows_lib.extended_positions(pv, L1))
     info = attention.extended_info(pv, L1, B)
     for a, b in zip(rows.mask_info, info):
         np.testing.assert_array_equal(a, b)
@@ -49,7 +49,7 @@ def test_random_masking_rows_layout():
 def test_post_num_applies():
     prompt, pv, resp = _batch()
     rows = bl.random_masking_rows(KEY, prompt, pv, resp, lower_p=1.0, upper_p=1.0, **KW)
-    p = np.asarray(rows.p_mask)[:, L0:]
+    p = np.asarray(rows.p_mask)
     np.testing.assert_array_equal(p, resp != PAD)  # everything masked, no pad scored
     assert (_noised(rows) == MASK).all()  # pads stay masked in the input
     rows = bl.random_masking_rows(KEY, prompt, pv, resp, lower_p=0.0, upper_p=0.0, **KW)
@@ -70,14 +70,14 @@ def test_coupled_complementary_and_ordered(compat):
     np.testing.assert_array_equal(idx[comp], np.arange(N))
     np.testing.assert_array_equal(np.asarray(rows.round_index)[prim], 0)
     np.testing.assert_array_equal(np.asarray(rows.round_index)[comp], 1)
-    p = np.asarray(rows.p_mask)[:, L0:]
+    p = np.asarray(rows.p_mask)
     np.testing.assert_array_equal(p[prim] ^ p[comp], True)  # complementary ...
     np.testing.assert_array_equal(p[prim].astype(int) + p[comp], 1)  # ... each token once
     m = _noised(rows) == MASK
     np.testing.assert_array_equal(m[prim], ~m[comp])
     # the primary rows are exactly random_masking's rows for the same key
     single = bl.random_masking_rows(KEY, prompt, pv, resp, post_num=None, compat=compat, **KW)
-    np.testing.assert_array_equal(np.asarray(rows.extended_tokens)[prim], single.extended_tokens)
+    np.testing.assert_array_equal(np.asarray(rows.tokens)[prim], single.tokens)
 
 
 def test_deterministic_given_key():

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import policy_step_case as case
-from tracerl_jax.attention import (MaskInfo, allowed, causal_info, dense_mask, dot_product_attention,
+from tracerl_jax.attention import (allowed, causal_info, dense_mask, dot_product_attention,
                                    extended_info, full_info, generation_info, self_attention)
 from tracerl_jax.blockwise_attention import blockwise_attention, pad_info, tile_schedule, visited_fraction
-from tracerl_jax.models import ModelConfig, forward, init_model, split_model
+from tracerl_jax.models import forward, init_model, split_model
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer
 from tracerl_jax.train.step import init_train_state
 from tracerl_jax.train.steps import PolicyLossConfig, make_policy_step

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from tracerl_jax.attention import causal_info
-from tracerl_jax.baselines_full import full_ar_sft_rows, full_random_masking_rows, full_semi_ar_sft_rows
+from tracerl_jax.baselines import ar_sft_rows, random_masking_rows, semi_ar_sft_rows
 from tracerl_jax.models import ModelConfig, forward, init_model, split_model, value_model_from_policy
-from tracerl_jax.scoring import response_mask, trajectory_logprobs, trajectory_values
+from tracerl_jax.rows import SequenceLayout, response_mask
+from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer
 from tracerl_jax.train.step import init_train_state, to_microbatches
 from tracerl_jax.train.steps import batch_scalars, make_sft_step, make_value_step
@@ -26,13 +27,18 @@ def case(N=4, L0=3, L1=12, seed=0):
     return prompt, prompt != PAD, resp
 
 
+def seq(family):
+    """The single-sequence row layout of ``family``."""
+    return SequenceLayout(family, pad_id=PAD)
+
+
 def host(rows):
     return jax.tree.map(np.asarray, rows)
 
 
 def test_random_masking_rows_tail_pads_and_ratio_per_row():
     prompt, pvalid, resp = case()
-    rows = host(full_random_masking_rows(jax.random.key(0), prompt, pvalid, resp, family="llada", num_draws=5,
+    rows = host(random_masking_rows(jax.random.key(0), prompt, pvalid, resp, layout=seq("llada"), num_draws=5,
                                          post_num=1, **KW))
     assert rows.tokens.shape == (20, 15) and rows.p_mask.shape == (20, 12)
     np.testing.assert_array_equal(rows.response_index, np.repeat(np.arange(4), 5))
@@ -43,19 +49,19 @@ def test_random_masking_rows_tail_pads_and_ratio_per_row():
     np.testing.assert_array_equal(rows.p_mask[r0][:, -3], noisy[r0][:, -3])  # the kept pad is trainable
     np.testing.assert_array_equal(rows.tokens[:, :3], prompt[rows.response_index])  # prompt never masked
     # Same key, same rows; one ratio per row: with the full range the rows' masked fractions spread out.
-    again = host(full_random_masking_rows(jax.random.key(0), prompt, pvalid, resp, family="llada", num_draws=5,
+    again = host(random_masking_rows(jax.random.key(0), prompt, pvalid, resp, layout=seq("llada"), num_draws=5,
                                           post_num=1, **KW))
     np.testing.assert_array_equal(again.tokens, rows.tokens)
     frac = noisy[1:].mean(1)
     assert frac.max() - frac.min() > 0.3
-    full = host(full_random_masking_rows(jax.random.key(1), prompt, pvalid, resp, family="llada", num_draws=2,
+    full = host(random_masking_rows(jax.random.key(1), prompt, pvalid, resp, layout=seq("llada"), num_draws=2,
                                          lower_p=1.0, upper_p=1.0, post_num=0, **KW))
     np.testing.assert_array_equal(full.p_mask, resp[full.response_index] != PAD)
 
 
 def test_coupled_rows_partition_the_trainable_tokens():
     prompt, pvalid, resp = case(seed=1)
-    rows = host(full_random_masking_rows(jax.random.key(2), prompt, pvalid, resp, family="dream", num_draws=3,
+    rows = host(random_masking_rows(jax.random.key(2), prompt, pvalid, resp, layout=seq("dream"), num_draws=3,
                                          coupled=True, post_num=0, **KW))
     assert rows.row_valid.shape == (24,)
     np.testing.assert_array_equal(rows.round_index[:6], np.arange(6))
@@ -70,7 +76,7 @@ def test_coupled_rows_partition_the_trainable_tokens():
 
 def test_semi_ar_sft_groups():
     prompt, pvalid, resp = case(seed=2)
-    rows = host(full_semi_ar_sft_rows(jax.random.key(3), prompt, pvalid, resp, family="llada", block_size=4,
+    rows = host(semi_ar_sft_rows(jax.random.key(3), prompt, pvalid, resp, layout=seq("llada"), group_size=4,
                                       post_num=0, **KW))
     assert rows.tokens.shape[0] == 4 * 3
     noisy = rows.tokens[:, 3:] == MASK
@@ -82,7 +88,7 @@ def test_semi_ar_sft_groups():
         np.testing.assert_array_equal(rows.p_mask[r, lo:hi], noisy[r, lo:hi] & (resp[rows.response_index[r], lo:hi]
                                                                                  != PAD))
     # With u = 1 every trainable token is scored exactly once, in its group's row.
-    full = host(full_semi_ar_sft_rows(jax.random.key(3), prompt, pvalid, resp, family="llada", block_size=4,
+    full = host(semi_ar_sft_rows(jax.random.key(3), prompt, pvalid, resp, layout=seq("llada"), group_size=4,
                                       lower_p=1.0, upper_p=1.0, post_num=0, **KW))
     counts = np.zeros(resp.shape, int)
     np.add.at(counts, full.response_index, (full.p_mask & full.row_valid[:, None]).astype(int))
@@ -97,7 +103,7 @@ CFG = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layer
 def test_ar_rows_are_shifted_next_token_prediction():
     graphdef, params = split_model(init_model(CFG, seed=0))
     prompt, pvalid, resp = case(seed=3)
-    rows = full_ar_sft_rows(prompt, pvalid, resp, pad_id=PAD, post_num=0)
+    rows = ar_sft_rows(prompt, pvalid, resp, pad_id=PAD, post_num=0)
     logp = np.asarray(jax.jit(trajectory_logprobs, static_argnums=0)(graphdef, params, rows))
     tok = jnp.asarray(np.concatenate([prompt, resp], 1))
     valid = jnp.asarray(np.concatenate([pvalid, np.ones(resp.shape, bool)], 1))
@@ -111,7 +117,7 @@ def test_ar_rows_are_shifted_next_token_prediction():
 def test_sft_and_value_steps_run_on_full_rows():
     graphdef, params = split_model(init_model(CFG, seed=1))
     prompt, pvalid, resp = case(seed=4)
-    rows = full_random_masking_rows(jax.random.key(5), prompt, pvalid, resp, family="dream", num_draws=2, **KW)
+    rows = random_masking_rows(jax.random.key(5), prompt, pvalid, resp, layout=seq("dream"), num_draws=2, **KW)
     opt = make_optimizer(OptimizerConfig(learning_rate=3e-3, max_grad_norm=None))
     step = make_sft_step(graphdef, opt, normalizer="row_tokens")
     state = init_train_state(params, opt)
@@ -138,9 +144,9 @@ def test_sft_and_value_steps_run_on_full_rows():
 def test_bad_arguments():
     prompt, pvalid, resp = case()
     with pytest.raises(ValueError, match="family"):
-        full_random_masking_rows(jax.random.key(0), prompt, pvalid, resp, family="sdar", **KW)
+        random_masking_rows(jax.random.key(0), prompt, pvalid, resp, layout=SequenceLayout("sdar"), **KW)
     with pytest.raises(ValueError, match="lower_p"):
-        full_random_masking_rows(jax.random.key(0), prompt, pvalid, resp, family="llada", lower_p=0.9, upper_p=0.1,
+        random_masking_rows(jax.random.key(0), prompt, pvalid, resp, layout=seq("llada"), lower_p=0.9, upper_p=0.1,
                                  **KW)
     with pytest.raises(ValueError, match="ratio"):
-        full_semi_ar_sft_rows(jax.random.key(0), prompt, pvalid, resp, family="llada", ratio="block", **KW)
+        semi_ar_sft_rows(jax.random.key(0), prompt, pvalid, resp, layout=seq("llada"), ratio="block", **KW)

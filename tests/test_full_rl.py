@@ -1,4 +1,4 @@
-"""One RL iteration of a full-attention model through the stages of ``rl`` / ``rl_full`` and ``train.steps``.
+"""One RL iteration of a full-attention model through the stages of ``rl`` and ``train.steps``.
 
 Rollout (full sampler, shipped task tokenizer) -> group z-scores -> rows of
 each method -> packing -> old log-probs -> policy update; and the value path
@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tracerl_jax import rl, rl_full
+from tracerl_jax import rl
+from tracerl_jax.families import RowSettings, get_family
 from tracerl_jax.models import full_sampler_forward_fn, get_preset, init_model, split_model, value_model_from_policy
 from tracerl_jax.sampling import FullSamplerConfig, make_full_sampler
-from tracerl_jax.scoring import response_mask
+from tracerl_jax.rows import response_mask
 from tracerl_jax.tasks import get_task
 from tracerl_jax.tokenizers import load_tokenizer
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer
@@ -21,6 +22,11 @@ from tracerl_jax.train.step import init_train_state
 from tracerl_jax.train.steps import FULL_ATTENTION_REF, make_policy_step, make_value_step, old_logprobs, old_values
 
 BATCH_ROWS, GA = 8, 2
+DREAM = get_family("dream")
+
+
+def settings(tok, **kw):
+    return RowSettings(mask_id=tok.mask_id, pad_id=tok.pad_id, block_size=4, shrink=2, post_num=0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +54,11 @@ def policy_step(setup):
     return opt, make_policy_step(setup[3], opt, FULL_ATTENTION_REF)
 
 
-@pytest.mark.parametrize("method", rl.METHODS)
+@pytest.mark.parametrize("method", rl.ROW_BUILDERS.names())
 def test_policy_iteration(setup, policy_step, method):
     tok, mcfg, _, graphdef, params, batch = setup
-    rows, completion = rl_full.build_policy_rows(method, batch, family="dream", mask_id=tok.mask_id,
-                                                 pad_id=tok.pad_id, key=jax.random.key(1), shrink=2, post_num=0,
-                                                 num_draws=2)
+    rows, completion = rl.build_policy_rows(method, batch, family=DREAM, settings=settings(tok, num_draws=2),
+                                            key=jax.random.key(1))
     packed, _, nb = rl.pack_rows(rows, BATCH_ROWS)
     assert nb >= 1 and packed.p_mask.shape[1] == 8
     logp_old = np.concatenate([np.asarray(old_logprobs(graphdef, params, rl.slice_rows(packed, i, BATCH_ROWS), 4))
@@ -79,8 +84,8 @@ def test_policy_iteration(setup, policy_step, method):
 
 def test_value_path(setup):
     tok, mcfg, model, graphdef, params, batch = setup
-    rows, completion = rl_full.build_policy_rows("TraceRL", batch, family="dream", mask_id=tok.mask_id,
-                                                 pad_id=tok.pad_id, key=jax.random.key(1), shrink=2, post_num=0)
+    rows, completion = rl.build_policy_rows("TraceRL", batch, family=DREAM, settings=settings(tok),
+                                            key=jax.random.key(1))
     packed, _, nb = rl.pack_rows(rows, BATCH_ROWS)
     vgraph, vparams = split_model(value_model_from_policy(model))
     # A non-zero value head, so the gathered old values are not all 0.
@@ -88,8 +93,8 @@ def test_value_path(setup):
     vparams["value_head"]["kernel"] = jnp.asarray(np.random.default_rng(0).normal(0, 0.5, kernel.shape), kernel.dtype)
     vals = np.concatenate([np.asarray(old_values(vgraph, vparams, rl.slice_rows(packed, i, BATCH_ROWS), 4))
                            for i in range(packed.row_valid.shape[0] // BATCH_ROWS)])
-    A, R = rl_full.step_advantages(vals, packed, batch, completion, shrink=2, pad_id=tok.pad_id, post_num=0,
-                                   gamma=1.0, lam=1.0)
+    inputs = rl.advantage_inputs(packed, batch, completion, family=DREAM, settings=settings(tok), old_values=vals)
+    A, R = rl.compute_advantages("step_gae", inputs, gamma=1.0, lam=1.0)
     keep = np.asarray(packed.p_mask & packed.row_valid[:, None])
     # γ = λ = 1: every trainable token's return is its response's z-score and A = R - V (§8.5).
     z = batch.advantages[packed.response_index][:, None]

@@ -13,17 +13,24 @@ import numpy as np
 import pytest
 
 from tracerl_jax import losses
+from tracerl_jax import rows as rows_lib
+from tracerl_jax.advantages import step_gae_rows
 from tracerl_jax.models import ModelConfig, full_sampler_forward_fn, init_model, split_model
+from tracerl_jax.rows import SequenceLayout, response_mask
 from tracerl_jax.sampling import FullSamplerConfig, make_full_sampler
-from tracerl_jax.scoring import response_mask, trajectory_logprobs
+from tracerl_jax.scoring import trajectory_logprobs
 from tracerl_jax.train.steps import FULL_ATTENTION_REF, batch_scalars, old_logprobs, policy_loss_fn
-from tracerl_jax.trajectory_full import (assemble_full_rows, build_full_rows, full_step_gae_rows,
-                                         rows_from_full_rollout)
+from tracerl_jax.trajectory import build_rows, rows_from_rollout, trace_step_ids
 
 PAD, EOS, MASK = 0, 1, 2
 CFG = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
                   head_dim=16, rope_theta=10000.0, max_position_embeddings=128, mask_token_id=MASK,
                   pad_token_id=PAD, eos_token_id=EOS, model_type="llada")
+
+
+def seq(family, compat="recommended"):
+    """The single-sequence row layout of ``family``."""
+    return SequenceLayout(family, pad_id=PAD, compat=compat)
 
 
 def prompts_batch(n, seed=0, L0=8):
@@ -57,8 +64,9 @@ def test_trainer_logprobs_equal_sampler_logprobs(family, remasking, steps, tau, 
     if compat == "recommended":
         assert np.any(np.asarray(ro.lengths) < 16)  # EOS inside the canvas: later tokens are context only
 
-    rr = rows_from_full_rollout(jnp.asarray(prompts), jnp.asarray(valid), ro, mask_id=MASK, pad_id=PAD,
-                                family=family, shrink=1, post_num=None, compat=compat)
+    rr = rows_from_rollout(jnp.asarray(prompts), jnp.asarray(valid), ro, layout=seq(family, compat), mask_id=MASK,
+                           pad_id=PAD, shrink=1, post_num=None, compat=compat,
+                           completion_only=compat != "reference")
     rows = rr.rows
     logp = np.asarray(jax.jit(trajectory_logprobs, static_argnums=0)(graphdef, params, rows))
     scored = np.asarray(response_mask(rows))
@@ -102,7 +110,7 @@ def _toy_case(seed=0, N=3, L0=3, L1=10):
 def test_shrink_rows_cover_each_token_once_and_replay_the_canvas(shrink):
     prompt, pvalid, resp, step = _toy_case()
     N, L1 = resp.shape
-    rows = build_full_rows(prompt, pvalid, resp, step, np.full(N, L1), mask_id=MASK, pad_id=PAD, family="llada",
+    rows = build_rows(prompt, pvalid, resp, step, np.full(N, L1), mask_id=MASK, pad_id=PAD, layout=seq("llada"),
                            shrink=shrink, post_num=None)
     rows = jax.tree.map(np.asarray, rows)
     keep = rows.p_mask & rows.row_valid[:, None]
@@ -126,9 +134,9 @@ def test_shrink_rows_cover_each_token_once_and_replay_the_canvas(shrink):
 def test_reference_zero_based_ids_and_post_num():
     prompt, pvalid, resp, step = _toy_case(seed=1)
     N, L1 = resp.shape
-    kw = dict(mask_id=MASK, pad_id=PAD, family="dream", shrink=2, post_num=1)
-    a = build_full_rows(prompt, pvalid, resp, step, np.full(N, L1), **kw)
-    b = build_full_rows(prompt, pvalid, resp, step - 1, np.full(N, L1), **kw)  # the reference's 0-based ids
+    kw = dict(mask_id=MASK, pad_id=PAD, layout=seq("dream"), shrink=2, post_num=1)
+    a = build_rows(prompt, pvalid, resp, step, np.full(N, L1), **kw)
+    b = build_rows(prompt, pvalid, resp, step - 1, np.full(N, L1), **kw)  # the reference's 0-based ids
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     a = jax.tree.map(np.asarray, a)
@@ -147,13 +155,13 @@ def test_loss_with_shrink_equal_to_steps_is_the_single_row_case():
     prompt, pvalid, resp, step = _toy_case(seed=2)
     N, L1 = resp.shape
     S = int(step.max())
-    rows = build_full_rows(prompt, pvalid, resp, step, np.full(N, L1), mask_id=MASK, pad_id=PAD, family="dream",
+    rows = build_rows(prompt, pvalid, resp, step, np.full(N, L1), mask_id=MASK, pad_id=PAD, layout=seq("dream"),
                            shrink=S, post_num=0)
     assert rows.row_valid.shape == (N,) and bool(np.all(rows.row_valid))
     trainable = resp != PAD
-    single = assemble_full_rows(jnp.asarray(prompt), jnp.asarray(pvalid), jnp.asarray(resp),
-                                jnp.ones((N, L1), bool), jnp.asarray(trainable), jnp.arange(N), jnp.zeros(N),
-                                jnp.ones(N, bool), mask_id=MASK, pad_id=PAD, family="dream")
+    single = rows_lib.assemble(jnp.asarray(prompt), jnp.asarray(pvalid), jnp.asarray(resp),
+                               jnp.ones((N, L1), bool), jnp.asarray(trainable), jnp.arange(N), jnp.zeros(N),
+                               jnp.ones(N, bool), layout=seq("dream"), mask_id=MASK)
     for x, y in zip(jax.tree.leaves(rows), jax.tree.leaves(single)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -178,16 +186,15 @@ def test_full_gae_gamma_lambda_one():
     """γ = λ = 1 with an outcome reward: A_j = R − V_j on every trainable token (§8.5)."""
     prompt, pvalid, resp, step = _toy_case(seed=3)
     N, L1 = resp.shape
-    rows = build_full_rows(prompt, pvalid, resp, step, np.full(N, L1), mask_id=MASK, pad_id=PAD, family="llada",
+    rows = build_rows(prompt, pvalid, resp, step, np.full(N, L1), mask_id=MASK, pad_id=PAD, layout=seq("llada"),
                            shrink=2, post_num=0)
     from tracerl_jax.advantages import outcome_token_rewards
     from tracerl_jax.trajectory import trainable_mask
-    from tracerl_jax.trajectory_full import full_trace_step_ids
-    ids = full_trace_step_ids(step, np.full(N, L1), shrink=2)
+    ids, _ = trace_step_ids(step, np.full(N, L1), layout=seq("llada"), shrink=2)
     tau = trainable_mask(jnp.asarray(resp), PAD, 0)
     R = jnp.asarray([1.0, -1.0, 0.5])
     values = jnp.asarray(np.random.default_rng(0).normal(size=rows.p_mask.shape), jnp.float32)
-    adv, ret = full_step_gae_rows(rows, values, outcome_token_rewards(R, ids, tau), ids, tau)
+    adv, ret = step_gae_rows(values, rows.scored, rows.response_index, outcome_token_rewards(R, ids, tau), ids, tau)
     keep = np.asarray(rows.p_mask & rows.row_valid[:, None])
     Rrow = np.broadcast_to(np.asarray(R)[np.asarray(rows.response_index)][:, None], keep.shape)
     np.testing.assert_allclose(np.asarray(adv)[keep], Rrow[keep] - np.asarray(values)[keep], rtol=1e-5, atol=1e-6)
@@ -198,7 +205,7 @@ def test_full_gae_gamma_lambda_one():
 def test_masked_nll_on_full_rows_is_row_token_mean():
     prompt, pvalid, resp, step = _toy_case(seed=4)
     N, L1 = resp.shape
-    rows = build_full_rows(prompt, pvalid, resp, step, np.full(N, L1), mask_id=MASK, pad_id=PAD, family="llada")
+    rows = build_rows(prompt, pvalid, resp, step, np.full(N, L1), mask_id=MASK, pad_id=PAD, layout=seq("llada"))
     logp = -jnp.abs(jnp.asarray(np.random.default_rng(1).normal(size=rows.p_mask.shape), jnp.float32))
     mask = response_mask(rows)
     loss, _ = losses.masked_nll(logp, None, mask, normalizer="row_tokens")

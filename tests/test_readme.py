@@ -12,9 +12,9 @@ def test_tour_runs():
     scope = {}
     exec(compile(code, "README tour", "exec"), scope)
     assert float(scope["loss"]) == float(scope["loss"])  # finite
-    rows, L0, rollout = scope["rows"], scope["L0"], scope["rollout"]
+    rows, rollout = scope["rows"], scope["rollout"]
     import numpy as np
-    pm = np.asarray(rows.p_mask[:, L0:] & rows.row_valid[:, None])
+    pm = np.asarray(rows.p_mask & rows.row_valid[:, None])
     recorded = np.asarray(rollout.logprobs)[np.asarray(rows.response_index)]
     assert np.abs(np.asarray(scope["logp"]) - recorded)[pm].max() < 1e-4
 

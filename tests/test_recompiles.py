@@ -1,7 +1,6 @@
 """Static shapes: repeated calls with the same bucketed shapes never recompile."""
 
 import jax
-import numpy as np
 
 from tracerl_jax.diagnostics import CompileCounter
 from tracerl_jax.models import cache_init_fn, get_preset, init_model, sampler_forward_fn, split_model

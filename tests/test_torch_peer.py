@@ -25,7 +25,7 @@ import torch_peer as tp  # noqa: E402
 
 import tracerl_jax as tj  # noqa: E402
 from tracerl_jax.models import cache_init_fn, sampler_forward_fn  # noqa: E402
-from tracerl_jax.scoring import rows_from_rollout  # noqa: E402
+from tracerl_jax.trajectory import rows_from_rollout  # noqa: E402
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from tracerl_jax.train.step import init_train_state, to_microbatches  # noqa: E402

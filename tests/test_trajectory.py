@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracerl_jax import attention
+from tracerl_jax import attention, rl
+from tracerl_jax import rows as rows_lib
 from tracerl_jax import trajectory as tr
 
 PAD, MASK = 0, 99
@@ -27,8 +28,9 @@ def _rows(**kw):
 
 
 def _valid(rows):
-    compact, n = tr.compact_rows(rows)
-    return compact, n
+    """The valid rows, in order, and their number."""
+    keep = np.flatnonzero(np.asarray(rows.row_valid))
+    return jax.tree.map(lambda a: np.asarray(a)[keep], rows), keep.size
 
 
 # --------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def test_positions_3_5():
     expected = [1, 0, 1] + list(range(2, 10)) * 2
     for pos in np.asarray(rows.positions):
         np.testing.assert_array_equal(pos, expected)
-    pos = tr.extended_positions(np.array([[False, False, True, True], [True] * 4]), 2)
+    pos = rows_lib.extended_positions(np.array([[False, False, True, True], [True] * 4]), 2)
     np.testing.assert_array_equal(pos, [[1, 1, 0, 1, 2, 3, 2, 3], [0, 1, 2, 3, 4, 5, 4, 5]])
 
 
@@ -78,7 +80,7 @@ NOISED_4_7 = [
 
 
 def _scored(rows):
-    return [list(np.flatnonzero(p)[:] - 3) for p in np.asarray(rows.p_mask)]
+    return [list(np.flatnonzero(p)) for p in np.asarray(rows.p_mask)]
 
 
 @pytest.mark.parametrize("scope", ["sequence", "row"])
@@ -88,9 +90,10 @@ def test_worked_rows_4_7(scope, post_num, last):
     assert n == 3
     clean = [PAD, P1, P2] + R + [PAD, PAD]
     for i in range(3):
-        np.testing.assert_array_equal(rows.extended_tokens[i], clean + NOISED_4_7[i])
-        np.testing.assert_array_equal(rows.labels[i], clean)
-        assert not rows.p_mask[i, :3].any()
+        np.testing.assert_array_equal(rows.tokens[i], clean + NOISED_4_7[i])
+        np.testing.assert_array_equal(rows.labels[i], clean[3:])  # the response layout [R, L1]
+        assert rows.p_mask.shape == (3, 8)
+        np.testing.assert_array_equal(rows.read_index[i], 3 + 8 + np.arange(8))  # the noised copy
     assert _scored(rows) == [[1, 5], [0, 2, 4], last]
     np.testing.assert_array_equal(rows.response_index, [0, 0, 0])
     np.testing.assert_array_equal(rows.round_index, [0, 1, 2])
@@ -105,8 +108,8 @@ def test_worked_rows_4_7_shrink2():
     rows, n = _valid(_rows(shrink=2, post_num=None))
     assert n == 2 and rows.p_mask.shape[0] == 2
     assert _scored(rows) == [[0, 1, 2, 4, 5], [3, 6, 7]]
-    np.testing.assert_array_equal(rows.extended_tokens[0, 11:], [M] * 8)
-    np.testing.assert_array_equal(rows.extended_tokens[1, 11:], R[:3] + [M] + R[4:6] + [M, M])
+    np.testing.assert_array_equal(rows.tokens[0, 11:], [M] * 8)
+    np.testing.assert_array_equal(rows.tokens[1, 11:], R[:3] + [M] + R[4:6] + [M, M])
 
 
 def test_align_step_map_4_1():
@@ -134,7 +137,7 @@ def test_invalid_and_missing_step_maps():
     valid = np.asarray(rows.row_valid).reshape(3, 2)
     assert not valid[0].any()  # empty step map: skipped (Q-T6)
     assert valid[1].all() and valid[2].all()
-    p = np.asarray(rows.p_mask)[:, 2:].reshape(3, 2, 4)
+    p = np.asarray(rows.p_mask).reshape(3, 2, 4)
     np.testing.assert_array_equal(p[1], [[1, 0, 1, 0], [0, 1, 0, 1]])  # left to right
     np.testing.assert_array_equal(p[2], [[0, 1, 1, 0], [1, 0, 0, 1]])
 
@@ -148,8 +151,8 @@ def test_post_num_scope_differs():
     seq, _ = _valid(tr.build_rows(prompt, prompt > 0, resp, sm, np.array([2]), **kw))
     row, _ = _valid(tr.build_rows(prompt, prompt > 0, resp, sm, np.array([2]), compat="reference",
                                   **kw))
-    assert [list(np.flatnonzero(p) - 1) for p in seq.p_mask] == [[0], [1], [2]]
-    assert [list(np.flatnonzero(p) - 1) for p in row.p_mask] == [[0, 4], [1], [2]]
+    assert [list(np.flatnonzero(p)) for p in seq.p_mask] == [[0], [1], [2]]
+    assert [list(np.flatnonzero(p)) for p in row.p_mask] == [[0, 4], [1], [2]]
 
 
 def test_jit_and_helpers():
@@ -158,16 +161,17 @@ def test_jit_and_helpers():
     rows = f(prompt, prompt != PAD, np.array([R + [PAD, PAD]]), np.array([[2, 1, 2, 3, 5, 4, 0, 0]]),
              np.array([6]))
     np.testing.assert_array_equal(rows.p_mask, _rows().p_mask)
-    compact, n = tr.compact_rows(rows, bucket=8)
-    assert n == 3 and compact.p_mask.shape[0] == 8
-    assert not compact.row_valid[3:].any() and not compact.p_mask[3:].any()
+    packed, _, num_batches = rl.pack_rows(rows, 8)
+    assert num_batches == 1 and packed.p_mask.shape[0] == 8 and packed.row_valid[:3].all()
+    assert not packed.row_valid[3:].any() and not packed.p_mask[3:].any()
     # scatter/gather round trip over the scored tokens
     tok = np.arange(8, dtype=np.float32)[None] + 1
-    scattered = tr.scatter_to_rows(tok, rows)
-    back = tr.gather_from_rows(scattered, rows, 1)
+    scattered = rows_lib.scatter(tok, rows.scored, rows.response_index)
+    back = rows_lib.gather(scattered, rows.scored, rows.response_index, 1)
     np.testing.assert_array_equal(back, tok * np.array([1, 1, 1, 1, 1, 1, 0, 0]))
-    ext = np.arange(3 + 16)[None]
-    np.testing.assert_array_equal(tr.scored_view(ext, 3, 8), [[0, 1, 2] + list(range(11, 19))])
+    # model outputs are read at the noised copy
+    ext = np.broadcast_to(np.arange(3 + 16)[None], (4, 19))
+    np.testing.assert_array_equal(rows_lib.read_outputs(ext, rows.read_index), np.tile(np.arange(11, 19), (4, 1)))
 
 
 @pytest.mark.parametrize("kwargs,arg", [
@@ -238,8 +242,7 @@ def oracle_rows(prompt, pv, resp, sm, lengths, has, b, shrink, post_num, scope):
             pos = np.where(valid_pos, np.cumsum(valid_pos) - 1, 1)
             pos = np.concatenate([pos, pos[L0:]])
             if p.any():
-                out.append((n, t, np.concatenate([prompt[n], resp[n], noised]),
-                            np.concatenate([np.zeros(L0, bool), p]), pos))
+                out.append((n, t, np.concatenate([prompt[n], resp[n], noised]), p, pos))
             s[sel] = -1
             t += 1
     return out
@@ -287,13 +290,13 @@ def test_matches_oracle(batch, shrink, post_num, scope):
     rows = tr.build_rows(d["prompt"], d["pv"], d["resp"], d["sm"], d["lengths"],
                          block_size=d["b"], mask_id=MASK, pad_id=PAD, shrink=shrink,
                          post_num=post_num, post_num_scope=scope, has_step_map=d["has"])
-    got, n = tr.compact_rows(rows)
+    got, n = _valid(rows)
     want = oracle_rows(d["prompt"], d["pv"], d["resp"], d["sm"], d["lengths"], d["has"], d["b"],
                        shrink, post_num, scope)
     assert n == len(want)
     for i, (resp_idx, t, ext, p, pos) in enumerate(want):
         assert got.response_index[i] == resp_idx and got.round_index[i] == t
-        np.testing.assert_array_equal(got.extended_tokens[i], ext)
+        np.testing.assert_array_equal(got.tokens[i], ext)
         np.testing.assert_array_equal(got.p_mask[i], p)
         np.testing.assert_array_equal(got.positions[i], pos)
 
@@ -307,8 +310,8 @@ def test_scored_once_and_noised_is_sampler_state(batch):
     rows = tr.build_rows(d["prompt"], d["pv"], d["resp"], d["sm"], d["lengths"], block_size=b,
                          mask_id=MASK, pad_id=PAD, post_num=None, has_step_map=d["has"])
     aligned, valid = map(np.asarray, tr.align_step_map(d["sm"], d["lengths"], d["has"]))
-    p = np.asarray(rows.p_mask)[:, L0:] & np.asarray(rows.row_valid)[:, None]
-    noised = np.asarray(rows.extended_tokens)[:, L0 + L1:]
+    p = np.asarray(rows.scored)
+    noised = np.asarray(rows.tokens)[:, L0 + L1:]
     for n in range(3):
         mine = np.asarray(rows.response_index) == n
         counts = p[mine].sum(0)

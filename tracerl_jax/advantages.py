@@ -3,27 +3,25 @@
 Both are pure, vectorised ``jnp`` functions with static shapes: the group
 statistics work on ``[num_prompts, k]``, GAE on per-response token arrays
 ``[N, L1]`` (the response axis of the rollout, not the training rows; use
-:func:`step_gae_rows` to go through the rows).
+:func:`step_gae_rows` to go through rows stored as ``[R, L1]`` arrays).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from tracerl_jax import checks
 from jax import lax
 
-from tracerl_jax.trajectory import TrainRows, gather_from_rows, scatter_to_rows
+from tracerl_jax import rows as rows_lib
+from tracerl_jax.registry import Registry
 
 INT_MAX = int(np.iinfo(np.int32).max)
 INT_MIN = int(np.iinfo(np.int32).min)
-
-
-def _check_shape(name: str, x, shape) -> None:
-    if tuple(np.shape(x)) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(np.shape(x))}")
 
 
 # --------------------------------------------------------------------------
@@ -69,7 +67,7 @@ def group_normalize(scores: jax.Array, *, correct: Optional[jax.Array] = None,
     if np.ndim(scores) != 2:
         raise ValueError(f"scores must have shape [num_prompts, k], got {np.shape(scores)}")
     if correct is not None:
-        _check_shape("correct", correct, np.shape(scores))
+        checks.shape("correct", correct, np.shape(scores))
     if keep_range is not None and (len(keep_range) != 2 or keep_range[0] > keep_range[1]):
         raise ValueError(f"keep_range must be (low, high) with low <= high, got {keep_range!r}")
     x = jnp.asarray(scores, jnp.float32)
@@ -110,8 +108,8 @@ def outcome_token_rewards(rewards: jax.Array, step_ids: jax.Array, trainable: ja
       float32 ``[N, L1]``.
     """
     N = np.shape(step_ids)[0]
-    _check_shape("rewards", rewards, (N,))
-    _check_shape("trainable", trainable, np.shape(step_ids))
+    checks.shape("rewards", rewards, (N,))
+    checks.shape("trainable", trainable, np.shape(step_ids))
     last = jnp.max(jnp.where(trainable, step_ids, INT_MIN), axis=1, keepdims=True)
     at_last = trainable & (step_ids == last)
     return jnp.where(at_last, jnp.asarray(rewards, jnp.float32)[:, None], 0.0)
@@ -135,8 +133,8 @@ def process_token_rewards(reward_vectors: jax.Array, vector_lengths: jax.Array,
       float32 ``[N, L1]``.
     """
     N, L1 = np.shape(reward_vectors)
-    _check_shape("vector_lengths", vector_lengths, (N,))
-    _check_shape("trainable", trainable, (N, L1))
+    checks.shape("vector_lengths", vector_lengths, (N,))
+    checks.shape("trainable", trainable, (N, L1))
     if compat not in ("recommended", "reference"):
         raise ValueError(f"compat must be 'recommended' or 'reference', got {compat!r}")
     v = jnp.asarray(reward_vectors, jnp.float32)
@@ -211,7 +209,7 @@ def step_gae(token_rewards: jax.Array, values: jax.Array, step_ids: jax.Array,
         raise ValueError(f"step_ids must have shape [N, L1], got {np.shape(step_ids)}")
     N, L = np.shape(step_ids)
     for name, x in (("token_rewards", token_rewards), ("values", values), ("trainable", trainable)):
-        _check_shape(name, x, (N, L))
+        checks.shape(name, x, (N, L))
     trainable = jnp.asarray(trainable, bool)
     r = jnp.where(trainable, jnp.asarray(token_rewards, jnp.float32), 0.0)
     v = jnp.where(trainable, jnp.asarray(values, jnp.float32), 0.0)
@@ -245,27 +243,100 @@ def step_gae(token_rewards: jax.Array, values: jax.Array, step_ids: jax.Array,
     return jnp.where(trainable, adv, 0.0), jnp.where(trainable, returns, 0.0)
 
 
-def step_gae_rows(rows: TrainRows, row_values: jax.Array, token_rewards: jax.Array,
-                  step_ids: jax.Array, trainable: jax.Array, *, gamma: float = 1.0,
+def step_gae_rows(row_values: jax.Array, row_scored: jax.Array, sequence_ids: jax.Array,
+                  token_rewards: jax.Array, step_ids: jax.Array, trainable: jax.Array, *, gamma: float = 1.0,
                   lam: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """GAE through the training rows (§8.2–8.4, §8.8 step 3c).
+    """Step-level GAE through training rows stored as arrays (§8.2–8.4, §8.8 step 3c).
 
     Gathers ``V_j^old`` from the rows (each trainable token is scored in one
-    row), runs :func:`step_gae` per response and writes ``A_j``/``R_j`` back
-    at each row's ``p_mask`` positions. Under the per-row ``post_num`` scope a
-    row may score a pad that τ excludes; it gets ``A = R = 0`` (Q-V4).
+    row of its sequence), runs :func:`step_gae` per sequence and writes
+    ``A_j``/``R_j`` back where each row scores. Under the per-row ``post_num``
+    scope a row may score a pad that τ excludes; it gets ``A = R = 0`` (Q-V4).
+    For :class:`~tracerl_jax.rows.Rows` pass ``rows.scored`` and
+    ``rows.response_index``.
 
     Args:
-      rows: :class:`TrainRows` of ``N`` responses.
-      row_values: float ``[R, L0+L1]`` value-model outputs in the row layout
-        (``trajectory.scored_view`` of the ``[R, L0+2*L1]`` output).
+      row_values: float ``[R, L1]`` value-model outputs at the rows' read
+        positions (``scoring.trajectory_values``).
+      row_scored: bool ``[R, L1]`` tokens each row scores (valid rows only).
+      sequence_ids: int ``[R]`` the sequence (response, ``0..N-1``) of each row.
       token_rewards, step_ids, trainable: ``[N, L1]`` as in :func:`step_gae`.
+      gamma, lam: γ, λ.
 
     Returns:
-      ``(advantages, returns)``, float32 ``[R, L0+L1]``, 0 outside ``p_mask``.
+      ``(advantages, returns)``, float32 ``[R, L1]``, 0 where a row does not score.
     """
-    _check_shape("row_values", row_values, np.shape(rows.p_mask))
-    N = np.shape(step_ids)[0]
-    values = gather_from_rows(jnp.asarray(row_values, jnp.float32), rows, N)
+    if np.ndim(step_ids) != 2:
+        raise ValueError(f"step_ids must have shape [N, L1], got {np.shape(step_ids)}")
+    N, L1 = np.shape(step_ids)
+    if np.ndim(row_scored) != 2 or np.shape(row_scored)[1] != L1:
+        raise ValueError(f"row_scored must have shape [R, {L1}], got {np.shape(row_scored)}")
+    R = np.shape(row_scored)[0]
+    checks.shape("row_values", row_values, (R, L1))
+    checks.shape("sequence_ids", sequence_ids, (R,))
+    scored = jnp.asarray(row_scored, bool)
+    ids = jnp.asarray(sequence_ids, jnp.int32)
+    values = rows_lib.gather(jnp.asarray(row_values, jnp.float32), scored, ids, N)
     adv, ret = step_gae(token_rewards, values, step_ids, trainable, gamma=gamma, lam=lam)
-    return scatter_to_rows(adv, rows), scatter_to_rows(ret, rows)
+    return rows_lib.scatter(adv, scored, ids), rows_lib.scatter(ret, scored, ids)
+
+
+# --------------------------------------------------------------------------
+# Advantage estimators by name
+# --------------------------------------------------------------------------
+
+
+class AdvantageInputs(NamedTuple):
+    """What an advantage estimator may use, for one RL step's training rows.
+
+    Attributes:
+      row_scored: bool ``[R, L1]`` tokens each row scores (valid rows only).
+      sequence_ids: int ``[R]`` the response of each row (``0..N-1``).
+      rewards: float ``[N]`` group-normalised outcome rewards (§7.4).
+      step_ids: int ``[N, L1]`` aligned, shrunk step map (§8.3).
+      trainable: bool ``[N, L1]`` completion tokens kept by the ``post_num`` rule.
+      old_values: float ``[R, L1]`` value-model outputs, or None without a
+        value model.
+    """
+
+    row_scored: jax.Array
+    sequence_ids: jax.Array
+    rewards: jax.Array
+    step_ids: jax.Array
+    trainable: jax.Array
+    old_values: Optional[jax.Array] = None
+
+
+# Estimators by name (``rl.advantage``): ``fn(inputs: AdvantageInputs, *, gamma, lam)
+# -> (advantages [R, L1], returns [R, L1] or None)``. One that sets
+# ``fn.needs_values = True`` is given the value model's ``old_values`` and its
+# returns train the value model.
+ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
+
+
+@ADVANTAGE_ESTIMATORS.register("group")
+def group_advantages(inputs: AdvantageInputs, *, gamma: float = 1.0, lam: float = 1.0):
+    """No value model (§7.4): every scored token of a response takes its group z-score.
+
+    Returns ``(advantages float32 [R, L1], None)``.
+    """
+    del gamma, lam
+    N, L1 = np.shape(inputs.step_ids)
+    per_token = jnp.broadcast_to(jnp.asarray(inputs.rewards, jnp.float32)[:, None], (N, L1))
+    return rows_lib.scatter(per_token, inputs.row_scored, inputs.sequence_ids), None
+
+
+@ADVANTAGE_ESTIMATORS.register("step_gae")
+def gae_advantages(inputs: AdvantageInputs, *, gamma: float = 1.0, lam: float = 1.0):
+    """Value model (§8.3–8.4): the outcome reward on the last trace step, step-level GAE through the rows.
+
+    Returns ``(advantages, returns)``, float32 ``[R, L1]``.
+    """
+    if inputs.old_values is None:
+        raise ValueError("the 'step_gae' advantage needs the value model's old_values (enable the value model)")
+    token_rewards = outcome_token_rewards(inputs.rewards, inputs.step_ids, inputs.trainable)
+    return step_gae_rows(inputs.old_values, inputs.row_scored, inputs.sequence_ids, token_rewards,
+                         inputs.step_ids, inputs.trainable, gamma=gamma, lam=lam)
+
+
+gae_advantages.needs_values = True

@@ -1,8 +1,8 @@
-"""TraceRL policy loss, value loss and SFT losses (ALGORITHMS.md §6, §8.6, §10).
+"""TraceRL policy loss, value loss and SFT losses (docs/algorithms.md §6, §8.6, §10).
 
-Every loss is a small pure function: per-token arrays in the row layout
-``[R, T]`` (``T = L0+L1``, see ``trajectory.scored_view``) plus a boolean
-``p_mask`` in, ``(loss, metrics)`` out. Masking is by ``where`` (no boolean
+Every loss is a small pure function: per-token arrays ``[R, T]`` (for
+training rows the response layout ``T = L1``, see :mod:`tracerl_jax.rows`)
+plus a boolean ``p_mask`` in, ``(loss, metrics)`` out. Masking is by ``where`` (no boolean
 indexing), so shapes stay static and masked positions never leak NaN/inf into
 values or gradients.
 
@@ -26,14 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tracerl_jax import checks
+
+from tracerl_jax.registry import Registry
+
 NORMALIZERS = ("global_L1", "row_tokens", "batch_tokens")
 KL_NORMALIZERS = NORMALIZERS + ("sum",)
 KL_ESTIMATORS = ("k1", "k2", "k3")
-
-
-def _check_shape(name: str, x, shape) -> None:
-    if tuple(np.shape(x)) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(np.shape(x))}")
 
 
 def _check_normalizer(normalizer: str, L1_ref, allowed=NORMALIZERS, name="normalizer") -> None:
@@ -162,8 +161,8 @@ def policy_loss(logp_new: jax.Array, logp_old: jax.Array, advantages: jax.Array,
                             beta=0.01, logp_ref=lp_old)
     """
     R, T = _check_mask(p_mask)
-    _check_shape("logp_new", logp_new, (R, T))
-    _check_shape("logp_old", logp_old, (R, T))
+    checks.shape("logp_new", logp_new, (R, T))
+    checks.shape("logp_old", logp_old, (R, T))
     if np.shape(advantages) not in ((R,), (R, T)):
         raise ValueError(f"advantages must have shape ({R},) or ({R}, {T}), got {np.shape(advantages)}")
     _check_normalizer(normalizer, L1_ref)
@@ -174,7 +173,7 @@ def policy_loss(logp_new: jax.Array, logp_old: jax.Array, advantages: jax.Array,
     if isinstance(eps, (int, float)) and not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
     if logp_ref is not None:
-        _check_shape("logp_ref", logp_ref, (R, T))
+        checks.shape("logp_ref", logp_ref, (R, T))
     elif not (isinstance(beta, (int, float)) and beta == 0):
         raise ValueError("logp_ref is required when beta != 0 (pass logp_old for the reference "
                          "behaviour Q-L1, or a frozen reference model's log-probs)")
@@ -216,6 +215,13 @@ def policy_loss(logp_new: jax.Array, logp_old: jax.Array, advantages: jax.Array,
     return loss, metrics
 
 
+# Policy losses by name (``PolicyLossConfig.name``). An entry takes
+# ``(logp_new, logp_old, advantages, p_mask, **settings)`` with the settings of
+# :func:`policy_loss` and returns ``(loss, metrics)``.
+POLICY_LOSSES: Registry = Registry("policy loss")
+POLICY_LOSSES.register("ppo_clip", policy_loss)
+
+
 def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, p_mask: jax.Array,
                *, clip: Optional[float] = 0.2, normalizer: str = "global_L1", L1_ref=None,
                num_rows=None) -> tuple[jax.Array, dict]:
@@ -242,7 +248,7 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, p_m
     """
     R, T = _check_mask(p_mask)
     for name, x in (("values", values), ("old_values", old_values), ("returns", returns)):
-        _check_shape(name, x, (R, T))
+        checks.shape(name, x, (R, T))
     _check_normalizer(normalizer, L1_ref)
     if isinstance(clip, (int, float)) and not clip >= 0:
         raise ValueError(f"clip must be None or >= 0, got {clip!r}")
@@ -295,11 +301,11 @@ def _as_logp(logits_or_logp, labels, p_mask):
     if np.ndim(logits_or_logp) == 3:
         if labels is None:
             raise ValueError("labels are required when logits [R, T, V] are given")
-        _check_shape("labels", labels, (R, T))
+        checks.shape("labels", labels, (R, T))
         if tuple(np.shape(logits_or_logp)[:2]) != (R, T):
             raise ValueError(f"logits must have shape ({R}, {T}, V), got {np.shape(logits_or_logp)}")
         return token_logprobs(logits_or_logp, labels)
-    _check_shape("logp", logits_or_logp, (R, T))
+    checks.shape("logp", logits_or_logp, (R, T))
     return logits_or_logp.astype(jnp.float32)
 
 
@@ -332,7 +338,7 @@ def masked_nll(logits_or_logp: jax.Array, labels: Optional[jax.Array], p_mask: j
     R = logp.shape[0]
     nll = -logp
     if row_weights is not None:
-        _check_shape("row_weights", row_weights, (R,))
+        checks.shape("row_weights", row_weights, (R,))
         nll = nll * jnp.asarray(row_weights, jnp.float32)[:, None]
     p_mask = jnp.asarray(p_mask, bool)
     loss = masked_reduce(nll, p_mask, normalizer=normalizer, L1_ref=L1_ref, num_rows=num_rows)
@@ -357,7 +363,7 @@ def random_masking_sft_loss(logits_or_logp: jax.Array, labels: Optional[jax.Arra
     """
     weights = None
     if mask_ratio is not None:
-        _check_shape("mask_ratio", mask_ratio, (np.shape(p_mask)[0],))
+        checks.shape("mask_ratio", mask_ratio, (np.shape(p_mask)[0],))
         weights = 1.0 / jnp.maximum(jnp.asarray(mask_ratio, jnp.float32), 1e-6)
     return masked_nll(logits_or_logp, labels, p_mask, normalizer=normalizer, L1_ref=L1_ref,
                       num_rows=num_rows, row_weights=weights)

@@ -1,13 +1,17 @@
 """The stages of one TraceRL iteration, as functions an RL loop composes.
 
     rollout -> rewards -> group advantages -> training rows
-            -> (old values -> step-level GAE) -> old log-probs -> policy updates
+            -> (old values) -> advantages -> old log-probs -> policy updates
             -> (value updates)
 
 ``examples/tracerl.py`` wires these into the full loop; the notebook runs a
 few iterations with them. Each stage is a small function so a researcher can
 swap one (another reward, another row builder, another advantage) by editing
-a few lines.
+a few lines, or register a new row builder (:data:`ROW_BUILDERS`), advantage
+estimator (``advantages.ADVANTAGE_ESTIMATORS``) or policy loss
+(``losses.POLICY_LOSSES``) and select it by name. The model family
+(:mod:`tracerl_jax.families`) supplies the rows' layout; nothing here
+depends on it.
 
 Shapes never depend on data: rollouts use a fixed batch and prompt bucket,
 rows are built for all ``N * T`` (response, round) pairs, filtered rows are
@@ -27,6 +31,7 @@ rollouts and the forward/backward passes are split.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -35,13 +40,12 @@ import numpy as np
 
 from tracerl_jax import advantages as adv_lib
 from tracerl_jax import baselines, trajectory
+from tracerl_jax.families import Family, RowSettings
+from tracerl_jax.registry import Registry
+from tracerl_jax.rows import Rows
 from tracerl_jax.sampling.block_sampler import Rollout
-from tracerl_jax.scoring import rows_from_rollout
 from tracerl_jax.tokenizers import encode_batch
-from tracerl_jax.train import steps as steps_lib
 from tracerl_jax.train.step import to_microbatches
-
-METHODS = ("TraceRL", "random_masking", "coupled")
 
 
 @dataclasses.dataclass
@@ -138,39 +142,70 @@ def rollout_and_reward(sample_fn: Callable, params, tokenizer, examples: Sequenc
                         np.repeat(np.asarray(keep), k))
 
 
-def build_policy_rows(method: str, batch: RolloutBatch, *, block_size: int, mask_id: int, pad_id: int,
-                      key: jax.Array, shrink: int = 1, post_num=0, lower_p: float = 0.1, upper_p: float = 0.9,
-                      mask_ratio: str = "block") -> tuple[trajectory.TrainRows, np.ndarray]:
-    """Training rows of the chosen method for every response (§4, §9.1).
+# Training-row builders of the RL methods (``rl.method``):
+# ``fn(batch: RolloutBatch, *, family: Family, settings: RowSettings, key) -> Rows``.
+# A builder lays its rows out with ``family.layout(settings)``, so it works for every family.
+ROW_BUILDERS: Registry = Registry("RL method")
 
-    ``TraceRL`` replays the recorded trajectory; ``random_masking`` and
-    ``coupled`` are the baselines (random masks, and random masks plus their
-    complements). Rows of filtered groups are marked invalid.
+
+@ROW_BUILDERS.register("TraceRL")
+def trace_rows(batch: "RolloutBatch", *, family: Family, settings: RowSettings, key: jax.Array) -> Rows:
+    """TraceRL (§4, §5): replay each recorded trajectory, one row per decoding round."""
+    del key
+    return trajectory.rows_from_rollout(
+        jnp.asarray(batch.prompts), jnp.asarray(batch.prompt_valid), batch.rollout, layout=family.layout(settings),
+        mask_id=settings.mask_id, pad_id=settings.pad_id, shrink=settings.shrink, post_num=settings.post_num,
+        compat=settings.compat, completion_only=family.scores_completion_only(settings)).rows
+
+
+def _masked_rows(batch: "RolloutBatch", family: Family, settings: RowSettings, key, coupled: bool) -> Rows:
+    ro = batch.rollout
+    completion = jnp.arange(ro.tokens.shape[1])[None] < jnp.asarray(ro.lengths)[:, None]
+    response = jnp.where(completion, jnp.asarray(ro.tokens), settings.pad_id)  # PAD after the completion
+    return baselines.random_masking_rows(
+        key, jnp.asarray(batch.prompts), jnp.asarray(batch.prompt_valid), response, layout=family.layout(settings),
+        mask_id=settings.mask_id, pad_id=settings.pad_id, lower_p=settings.lower_p, upper_p=settings.upper_p,
+        ratio=settings.mask_ratio, num_draws=settings.num_draws, coupled=coupled, post_num=settings.post_num,
+        compat=settings.compat, response_valid=jnp.asarray(ro.lengths) > 0)
+
+
+@ROW_BUILDERS.register("random_masking")
+def random_masking_rows(batch: "RolloutBatch", *, family: Family, settings: RowSettings, key: jax.Array) -> Rows:
+    """The random-masking baseline (§9): random masks on the completion, ``PAD`` after it."""
+    return _masked_rows(batch, family, settings, key, coupled=False)
+
+
+@ROW_BUILDERS.register("coupled")
+def coupled_rows(batch: "RolloutBatch", *, family: Family, settings: RowSettings, key: jax.Array) -> Rows:
+    """The coupled baseline (§9): random masks and their complements."""
+    return _masked_rows(batch, family, settings, key, coupled=True)
+
+
+def build_policy_rows(method: str, batch: RolloutBatch, *, family: Family, settings: RowSettings,
+                      key: jax.Array) -> tuple[Rows, np.ndarray]:
+    """Training rows of the RL method ``method`` (a :data:`ROW_BUILDERS` name) for every response.
+
+    Rows of groups the reward filter dropped are marked invalid.
+
+    Args:
+      method: ``"TraceRL"``, ``"random_masking"``, ``"coupled"`` or a
+        registered builder.
+      batch: the step's :class:`RolloutBatch` (``N`` responses, ``G`` columns).
+      family: the policy's :class:`~tracerl_jax.families.Family` (its layout).
+      settings: :class:`~tracerl_jax.families.RowSettings`.
+      key: PRNG key of random masks.
 
     Returns:
-      ``(rows, completion)``: :class:`TrainRows` and bool ``[N, L1]``.
+      ``(rows, completion)``: :class:`~tracerl_jax.rows.Rows` and bool ``[N, G]``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    rows = ROW_BUILDERS.get(method)(batch, family=family, settings=settings, key=key)
     ro = batch.rollout
-    prompts, valid = jnp.asarray(batch.prompts), jnp.asarray(batch.prompt_valid)
-    completion = jnp.arange(ro.tokens.shape[1])[None] < ro.lengths[:, None]
-    if method == "TraceRL":
-        rr = rows_from_rollout(prompts, valid, ro, block_size=block_size, mask_id=mask_id, pad_id=pad_id,
-                               shrink=shrink, post_num=post_num)
-        rows = rr.rows
-    else:
-        response = jnp.where(completion, ro.tokens, pad_id)
-        builder = baselines.random_masking_rows if method == "random_masking" else baselines.coupled_rows
-        rows = builder(key, prompts, valid, response, block_size=block_size, mask_id=mask_id, pad_id=pad_id,
-                       lower_p=lower_p, upper_p=upper_p, ratio=mask_ratio, post_num=post_num,
-                       response_valid=ro.lengths > 0)
+    completion = np.arange(ro.tokens.shape[1])[None] < np.asarray(ro.lengths)[:, None]
     keep = jnp.asarray(batch.keep)[rows.response_index]
-    rows = rows._replace(row_valid=rows.row_valid & keep)
-    return rows, np.asarray(completion)
+    return rows._replace(row_valid=rows.row_valid & keep), completion
 
 
-def pack_rows(rows: trajectory.TrainRows, batch_rows: int) -> tuple[trajectory.TrainRows, np.ndarray, int]:
+def pack_rows(rows: Rows, batch_rows: int) -> tuple[Rows, np.ndarray, int]:
     """Moves valid rows to the front (stable) and pads to a multiple of ``batch_rows``.
 
     The permutation is computed on the host and applied with NumPy, so the
@@ -199,65 +234,52 @@ def slice_rows(rows, i: int, batch_rows: int):
     return jax.tree.map(lambda a: a[i * batch_rows:(i + 1) * batch_rows], rows)
 
 
-def value_advantages(value_graphdef, value_params, rows: trajectory.TrainRows, num_batches: int,
-                     batch_rows: int, batch: RolloutBatch, completion: np.ndarray, *, block_size: int,
-                     shrink: int, pad_id: int, post_num, gamma: float, lam: float, micro_batch: int):
-    """Old values, token rewards and step-level GAE (§8.2–8.4) on packed rows.
+def advantage_inputs(rows: Rows, batch: RolloutBatch, completion: np.ndarray, *, family: Family,
+                     settings: RowSettings, old_values: Optional[np.ndarray] = None) -> adv_lib.AdvantageInputs:
+    """What an advantage estimator needs of one RL step (§7.4, §8.2–8.3), from (packed) rows.
 
-    The terminal reward is the group z-score (Q-V3), placed on the last trace
-    step among trainable tokens.
-
-    Returns:
-      ``(old_values [R_pad, L1], advantages [R_pad, L1], returns [R_pad, L1])``
-      as NumPy float32.
-    """
-    R_pad, L1 = rows.p_mask.shape[0], completion.shape[1]
-    vals = np.zeros((R_pad, L1), np.float32)
-    for i in range(num_batches):
-        vals[i * batch_rows:(i + 1) * batch_rows] = np.asarray(
-            steps_lib.old_values(value_graphdef, value_params, slice_rows(rows, i, batch_rows), micro_batch))
-    A, R = step_advantages(vals, rows, batch, completion, block_size=block_size, shrink=shrink, pad_id=pad_id,
-                           post_num=post_num, gamma=gamma, lam=lam)
-    return vals, A, R
-
-
-def step_advantages(old_values: np.ndarray, rows: trajectory.TrainRows, batch: RolloutBatch,
-                    completion: np.ndarray, *, block_size: int, shrink: int, pad_id: int, post_num, gamma: float,
-                    lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Step-level GAE (§8.2–8.4) from old values already computed on packed rows.
-
-    The second half of :func:`value_advantages`, for loops that compute the
-    old values themselves (e.g. with a sharded forward pass).
+    The terminal reward of GAE is the group z-score (Q-V3); it is placed on
+    the last trace step among the trainable completion tokens.
 
     Args:
-      old_values: float32 ``[R_pad, L1]`` value-model outputs of the packed rows.
-      rows: the packed rows (``R_pad`` of them).
+      rows: the (packed) rows, ``R`` of them.
       batch: the step's :class:`RolloutBatch` (``N`` responses).
       completion: bool ``[N, L1]``.
+      family, settings: how the rows were built (their trace steps are per
+        span of ``family.layout(settings)``).
+      old_values: float32 ``[R, L1]`` value-model outputs of ``rows``, or None.
 
     Returns:
-      ``(advantages [R_pad, L1], returns [R_pad, L1])`` as NumPy float32.
+      :class:`~tracerl_jax.advantages.AdvantageInputs` (host arrays).
     """
-    R_pad, L1 = rows.p_mask.shape[0], completion.shape[1]
-    if np.shape(old_values) != (R_pad, L1):
-        raise ValueError(f"old_values must be [R_pad, L1] = [{R_pad}, {L1}], got {np.shape(old_values)}")
-    vals = np.asarray(old_values, np.float32)
-    step_ids, ok = trajectory.trace_step_ids(batch.rollout.step_map[:, :L1],
-                                             jnp.sum(batch.rollout.step_map[:, :L1] > 0, axis=1),
-                                             block_size=block_size, shrink=shrink)
-    response = np.where(completion, np.asarray(batch.rollout.tokens)[:, :L1], pad_id)
-    trainable = jnp.asarray(completion) & trajectory.trainable_mask(jnp.asarray(response), pad_id, post_num)
-    token_rewards = adv_lib.outcome_token_rewards(jnp.asarray(batch.advantages), step_ids, trainable)
-    L0 = rows.p_mask.shape[1] - L1
-    row_values = np.concatenate([np.zeros((R_pad, L0), np.float32), vals], axis=1)
-    A, R = _gae_rows(jax.tree.map(jnp.asarray, rows), jnp.asarray(row_values), token_rewards, step_ids,
-                     trainable, gamma, lam)
-    return np.asarray(A)[:, L0:], np.asarray(R)[:, L0:]
+    N, L1 = np.shape(completion)
+    if old_values is not None and np.shape(old_values) != np.shape(rows.p_mask):
+        raise ValueError(f"old_values must have the rows' shape {np.shape(rows.p_mask)}, got {np.shape(old_values)}")
+    steps = jnp.asarray(batch.rollout.step_map)[:, :L1]
+    step_ids, _ = trajectory.trace_step_ids(steps, jnp.sum(steps > 0, axis=1), layout=family.layout(settings),
+                                            shrink=settings.shrink)
+    response = np.where(completion, np.asarray(batch.rollout.tokens)[:, :L1], settings.pad_id)
+    trainable = jnp.asarray(completion) & trajectory.trainable_mask(jnp.asarray(response), settings.pad_id,
+                                                                    settings.post_num)
+    rows = jax.tree.map(jnp.asarray, rows)
+    return adv_lib.AdvantageInputs(rows.scored, rows.response_index, jnp.asarray(batch.advantages, jnp.float32),
+                                   step_ids, trainable, None if old_values is None else jnp.asarray(old_values))
 
 
-@jax.jit
-def _gae_rows(rows, row_values, token_rewards, step_ids, trainable, gamma, lam):
-    return adv_lib.step_gae_rows(rows, row_values, token_rewards, step_ids, trainable, gamma=gamma, lam=lam)
+def compute_advantages(name: str, inputs: adv_lib.AdvantageInputs, *, gamma: float = 1.0,
+                       lam: float = 1.0) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Runs the advantage estimator ``name`` (``advantages.ADVANTAGE_ESTIMATORS``), jitted.
+
+    Returns:
+      ``(advantages [R, L1], returns [R, L1] or None)`` as NumPy float32.
+    """
+    adv, ret = _estimate(adv_lib.ADVANTAGE_ESTIMATORS.get(name), inputs, jnp.float32(gamma), jnp.float32(lam))
+    return np.asarray(adv), None if ret is None else np.asarray(ret)
+
+
+@partial(jax.jit, static_argnums=0)
+def _estimate(fn, inputs, gamma, lam):
+    return fn(inputs, gamma=gamma, lam=lam)
 
 
 def update_batches(rows, num_batches: int, batch_rows: int, grad_accum: int, L1_ref: float, *,

@@ -1,25 +1,26 @@
-"""Trajectory -> TraceRL training rows for block models (ALGORITHMS.md §3.5, §4).
+"""Trajectory -> TraceRL training rows (docs/algorithms.md §4, §5).
 
 A rollout gives, per response, the generated token ids and a *step map*: the
 1-based global denoising step at which each token was unmasked (0 where there
 is no token). TraceRL replays that trajectory: one training row per decoding
-round, in which every block simultaneously predicts the tokens it committed at
-that round from the context the sampler had just before committing them.
+round, in which every group of positions (a block for block models, the whole
+response for full-attention models) predicts the tokens it committed at that
+round from the context the sampler had just before committing them.
 
-Everything here works on token ids directly (Appendix A.2, no re-tokenising),
-is vectorised in ``jnp`` with static shapes and runs under ``jax.jit``:
-``R_max = num_responses * max_rounds`` rows are built, with ``row_valid``
-marking the ones that exist. :func:`compact_rows` drops the rest on the host.
+Everything here works on token ids directly (no re-tokenising), is vectorised
+in ``jnp`` with static shapes and runs under ``jax.jit``: ``R = N * T`` rows
+are built (``T`` rounds per response), with ``row_valid`` marking the ones that
+exist. The rows are :class:`tracerl_jax.rows.Rows` in the layout given (the
+extended layout of block models, or a single sequence for LLaDA/Dream).
 
-One rule, one place (DESIGN.md principle 3):
+One rule, one place:
 
 * :func:`masked_at` is the only definition of "token is still MASK just before
   denoising step ``s``"; :func:`noised_copy` applies it. Rows, their ``p_mask``
   and the sampler all derive from it.
-* :func:`extended_positions` is §3.5; masks come from
-  :func:`tracerl_jax.attention.extended_info` (never an ``N x N`` build here).
-* :func:`assemble_rows` turns per-row "masked"/"scored" response masks into the
-  extended layout; the TraceRL rounds and the baselines share it.
+* :func:`round_masks` cuts the step ids of each span into rounds, for both
+  model families (a span is a block, or the whole response).
+* :func:`tracerl_jax.rows.assemble` lays rows out; baselines share it.
 """
 
 from __future__ import annotations
@@ -32,39 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tracerl_jax.attention import MaskInfo, extended_info
+from tracerl_jax import rows as rows_lib
+from tracerl_jax.rows import ExtendedLayout, Layout, Rows
 
 INT_MAX = int(np.iinfo(np.int32).max)
 INT_MIN = int(np.iinfo(np.int32).min)
 POST_NUM_SCOPES = ("sequence", "row")
-COMPAT = ("recommended", "reference")
-
-
-class TrainRows(NamedTuple):
-    """Training rows in the extended layout ``[prompt L0 | clean L1 | noised L1]``.
-
-    Attributes:
-      extended_tokens: int32 ``[R, L0+2*L1]``.
-      positions: int32 ``[R, L0+2*L1]`` RoPE positions (§3.5).
-      labels: int32 ``[R, L0+L1]`` = ``extended_tokens[:, :L0+L1]``; the label of
-        response token ``j`` sits at ``L0+j`` and is predicted by the logit at
-        noised position ``L0+L1+j`` (§3.6, see :func:`scored_view`).
-      p_mask: bool ``[R, L0+L1]`` tokens to score (False on the prompt).
-      mask_info: :class:`MaskInfo` with fields ``[R, L0+2*L1]``.
-      response_index: int32 ``[R]`` response each row was built from.
-      round_index: int32 ``[R]`` TraceRL round (0-based), or 0/1 for a
-        baseline's primary/complementary row.
-      row_valid: bool ``[R]`` rows that exist (non-empty ``p_mask``).
-    """
-
-    extended_tokens: jax.Array
-    positions: jax.Array
-    labels: jax.Array
-    p_mask: jax.Array
-    mask_info: MaskInfo
-    response_index: jax.Array
-    round_index: jax.Array
-    row_valid: jax.Array
+COMPAT = rows_lib.COMPAT
 
 
 # --------------------------------------------------------------------------
@@ -72,27 +47,13 @@ class TrainRows(NamedTuple):
 # --------------------------------------------------------------------------
 
 
-def _check_rank(name: str, x, ndim: int) -> None:
-    if np.ndim(x) != ndim:
-        raise ValueError(f"{name} must have rank {ndim}, got shape {np.shape(x)}")
-
-
-def _check_shape(name: str, x, shape) -> None:
-    if tuple(np.shape(x)) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(np.shape(x))}")
-
-
-def _check_common(block_size: int, post_num, post_num_scope: Optional[str], compat: str) -> str:
-    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
-    if post_num is not None and (not isinstance(post_num, (int, np.integer)) or post_num < 0):
-        raise ValueError(f"post_num must be None or an int >= 0, got {post_num!r}")
+def check_options(post_num, post_num_scope: Optional[str], compat: str) -> None:
+    """Raises ``ValueError`` for a bad ``post_num``, ``post_num_scope`` or ``compat``."""
+    rows_lib.check_post_num(post_num)
     if compat not in COMPAT:
         raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
-    scope = post_num_scope or ("row" if compat == "reference" else "sequence")
-    if scope not in POST_NUM_SCOPES:
+    if post_num_scope is not None and post_num_scope not in POST_NUM_SCOPES:
         raise ValueError(f"post_num_scope must be one of {POST_NUM_SCOPES}, got {post_num_scope!r}")
-    return scope
 
 
 # --------------------------------------------------------------------------
@@ -277,80 +238,6 @@ def apply_post_num(scored: jax.Array, response_ids: jax.Array, pad_id: int,
 
 
 # --------------------------------------------------------------------------
-# Layout
-# --------------------------------------------------------------------------
-
-
-def extended_positions(prompt_valid: jax.Array, response_len: int) -> jax.Array:
-    """RoPE positions of the extended layout (§3.5).
-
-    Real prompt tokens count from 0; prompt pads get 1 (arbitrary, they are
-    masked keys); response token ``j`` gets ``P_real + j`` in both copies,
-    the unpadded absolute position used at generation time.
-
-    Args:
-      prompt_valid: bool ``[B, L0]``.
-      response_len: ``L1``.
-
-    Returns:
-      int32 ``[B, L0+2*L1]``.
-    """
-    pv = prompt_valid.astype(jnp.int32)
-    ppos = jnp.where(prompt_valid, jnp.cumsum(pv, axis=1) - 1, 1)
-    rpos = jnp.sum(pv, axis=1, keepdims=True) + jnp.arange(response_len, dtype=jnp.int32)[None]
-    return jnp.concatenate([ppos, rpos, rpos], axis=1).astype(jnp.int32)
-
-
-def scored_view(x: jax.Array, prompt_len: int, response_len: int) -> jax.Array:
-    """Extended-layout model outputs ``[R, L0+2*L1, ...]`` -> ``[R, L0+L1, ...]``.
-
-    Keeps ``[x[:, :L0], x[:, L0+L1:]]`` (§3.6): the output at noised position
-    ``L0+L1+j`` lines up with ``labels[:, L0+j]`` and ``p_mask[:, L0+j]``.
-    """
-    L0, L1 = prompt_len, response_len
-    if x.shape[1] != L0 + 2 * L1:
-        raise ValueError(f"x must have length L0+2*L1={L0 + 2 * L1} on axis 1, got {x.shape}")
-    return jnp.concatenate([x[:, :L0], x[:, L0 + L1:]], axis=1)
-
-
-def assemble_rows(prompt_ids: jax.Array, prompt_valid: jax.Array, response_ids: jax.Array,
-                  masked: jax.Array, scored: jax.Array, response_index: jax.Array,
-                  round_index: jax.Array, row_valid: jax.Array, *, block_size: int,
-                  mask_id: int) -> TrainRows:
-    """Builds extended-layout rows from per-row response masks.
-
-    Args:
-      prompt_ids: int ``[N, L0]`` left-padded; prompt_valid bool ``[N, L0]``.
-      response_ids: int ``[N, L1]``.
-      masked: bool ``[R, L1]`` response positions replaced by ``MASK`` in the
-        noised copy. scored: bool ``[R, L1]`` positions in ``p_mask``.
-      response_index, round_index: int ``[R]``; row_valid: bool ``[R]``
-        (rows with an empty ``scored`` are marked invalid too).
-
-    Returns:
-      :class:`TrainRows` with ``R`` rows.
-    """
-    L0 = prompt_ids.shape[1]
-    L1 = response_ids.shape[1]
-    p_ids = prompt_ids[response_index].astype(jnp.int32)
-    p_valid = prompt_valid[response_index].astype(bool)
-    r_ids = response_ids[response_index].astype(jnp.int32)
-    noised = jnp.where(masked, jnp.int32(mask_id), r_ids)
-    labels = jnp.concatenate([p_ids, r_ids], axis=1)
-    p_mask = jnp.concatenate([jnp.zeros_like(p_valid), scored], axis=1)
-    return TrainRows(
-        extended_tokens=jnp.concatenate([labels, noised], axis=1),
-        positions=extended_positions(p_valid, L1),
-        labels=labels,
-        p_mask=p_mask,
-        mask_info=extended_info(p_valid, L1, block_size),
-        response_index=response_index.astype(jnp.int32),
-        round_index=round_index.astype(jnp.int32),
-        row_valid=row_valid & jnp.any(scored, axis=1),
-    )
-
-
-# --------------------------------------------------------------------------
 # TraceRL rounds
 # --------------------------------------------------------------------------
 
@@ -383,147 +270,181 @@ def round_masks(aligned: jax.Array, block_size: int, shrink: int, max_rounds: in
     return m[:, :-1], m[:, :-1] & ~m[:, 1:]
 
 
-@partial(jax.jit, static_argnames=("block_size", "mask_id", "pad_id", "shrink", "post_num",
-                                   "scope", "max_rounds"))
-def _build_rows(prompt_ids, prompt_valid, response_ids, step_map, response_lengths,
-                has_step_map, *, block_size, mask_id, pad_id, shrink, post_num, scope, max_rounds):
+def max_step_groups(step_map, lengths, shrink: int) -> int:
+    """Host helper: the most step groups any response has over its whole length (rows it needs)."""
+    sm, n = np.asarray(step_map), np.asarray(lengths)
+    counts = [len(np.unique(r[:k])) + int(k < sm.shape[1]) for r, k in zip(sm, n)]
+    return max(1, -(-max(counts, default=1) // shrink))
+
+
+@partial(jax.jit, static_argnames=("layout", "mask_id", "pad_id", "shrink", "post_num", "scope", "max_rounds"))
+def _build_rows(prompt_ids, prompt_valid, response_ids, step_map, response_lengths, has_step_map, scorable, *,
+                layout, mask_id, pad_id, shrink, post_num, scope, max_rounds):
     N, L1 = response_ids.shape
     T = max_rounds
     aligned, valid = align_step_map(step_map, response_lengths, has_step_map)
-    masked, selected = round_masks(aligned, block_size, shrink, T)
-    resp_rows = jnp.broadcast_to(response_ids[:, None, :], (N, T, L1)).reshape(N * T, L1)
-    scored = apply_post_num(selected.reshape(N * T, L1), resp_rows, pad_id, post_num, scope)
-    response_index = jnp.repeat(jnp.arange(N, dtype=jnp.int32), T)
-    round_index = jnp.tile(jnp.arange(T, dtype=jnp.int32), N)
-    return assemble_rows(prompt_ids, prompt_valid, response_ids, masked.reshape(N * T, L1),
-                         scored, response_index, round_index, valid[response_index],
-                         block_size=block_size, mask_id=mask_id)
+    masked, selected = round_masks(aligned, layout.round_span or L1, shrink, T)
+    idx = jnp.repeat(jnp.arange(N, dtype=jnp.int32), T)
+    scored = apply_post_num(selected.reshape(N * T, L1), response_ids[idx], pad_id, post_num, scope)
+    if scorable is not None:
+        scored = scored & scorable[idx]
+    return rows_lib.assemble(prompt_ids, prompt_valid, response_ids, masked.reshape(N * T, L1), scored, idx,
+                             jnp.tile(jnp.arange(T, dtype=jnp.int32), N), valid[idx], layout=layout,
+                             mask_id=mask_id)
 
 
-def build_rows(prompt_ids: jax.Array, prompt_valid: jax.Array, response_ids: jax.Array,
-               step_map: jax.Array, response_lengths: jax.Array, *, block_size: int,
+def default_post_num_scope(layout: Layout, compat: str) -> str:
+    """``"row"`` for the block reference (Q-T4), else ``"sequence"`` (the full-attention trainer counts
+    pads per sequence in both modes, §5)."""
+    return "row" if compat == "reference" and isinstance(layout, ExtendedLayout) else "sequence"
+
+
+def build_rows(prompt_ids: jax.Array, prompt_valid: jax.Array, response_ids: jax.Array, step_map: jax.Array,
+               response_lengths: jax.Array, *, layout: Layout | None = None, block_size: int | None = None,
                mask_id: int, pad_id: int, shrink: int = 1, post_num: Optional[int] = 0,
                post_num_scope: Optional[str] = None, compat: str = "recommended",
-               has_step_map: Optional[jax.Array] = None,
-               max_rounds: Optional[int] = None) -> TrainRows:
-    """TraceRL training rows for block models (§4), one per (response, round).
+               scorable: Optional[jax.Array] = None, has_step_map: Optional[jax.Array] = None,
+               max_rounds: Optional[int] = None) -> Rows:
+    """TraceRL training rows (§4 block models, §5 full attention), one per (response, round).
 
-    Steps: align the step map (§4.1), ``shrink`` per block (§4.2), the rounds
-    of §4.3 for every block simultaneously (see :func:`round_masks`), the
-    ``post_num`` rule (§4.4) and empty-row marking (§4.5). Row ``n*T + t`` is
-    round ``t`` of response ``n`` (``T = max_rounds``), so a response's rows
-    are consecutive in round order and responses keep their order. Jittable;
-    all arguments after ``*`` are static.
+    Steps: align the step map (§4.1), ``shrink`` per span (§4.2: a span is a
+    block of the extended layout, or the whole response of a single-sequence
+    layout), the rounds of §4.3 for every span simultaneously (see
+    :func:`round_masks`), the ``post_num`` rule (§4.4), an optional
+    restriction to ``scorable`` tokens and empty-row marking (§4.5). Row
+    ``n*T + t`` is round ``t`` of response ``n`` (``T = max_rounds``), so a
+    response's rows are consecutive in round order. Jittable core; the
+    keyword arguments are static.
 
     Args:
       prompt_ids: int ``[N, L0]`` left-padded prompts.
       prompt_valid: bool ``[N, L0]`` False at left padding.
       response_ids: int ``[N, L1]`` generated ids, ``pad_id`` after the end.
       step_map: int ``[N, L1]`` 1-based global step ids, 0 where no token.
-      response_lengths: int ``[N]``.
-      block_size: ``b``; must equal the sampler's block size.
+        A single-sequence layout takes any increasing ids (e.g. the
+        reference's 0-based ones; only their order matters).
+      response_lengths: int ``[N]`` positions that carry a step id.
+      layout: :class:`~tracerl_jax.rows.ExtendedLayout` (block models) or
+        :class:`~tracerl_jax.rows.SequenceLayout` (LLaDA/Dream).
+      block_size: shorthand for ``layout=ExtendedLayout(block_size)``.
       mask_id, pad_id: token ids.
-      shrink: merge this many consecutive steps of a block into one round.
+      shrink: merge this many consecutive steps of a span into one round.
       post_num: ``PAD`` tokens kept for training (``None`` disables the rule).
-      post_num_scope: ``"sequence"`` [RECOMMENDED, Q-T4 fixed] or ``"row"``
-        [REF]; default from ``compat``.
-      compat: ``"recommended"`` or ``"reference"`` (selects the defaults).
+      post_num_scope: ``"sequence"`` [RECOMMENDED] or ``"row"`` [REF block,
+        Q-T4]; default from ``compat`` and the layout.
+      compat: ``"recommended"`` or ``"reference"`` (selects that default).
+      scorable: optional bool ``[N, L1]`` tokens that may be scored (e.g. the
+        completion).
       has_step_map: optional bool ``[N]``; False -> left-to-right map.
-      max_rounds: rows per response; default ``ceil(b / shrink)``, the most a
-        block can need. A smaller bound drops the later rounds' tokens.
+      max_rounds: rows per response; default ``ceil(b / shrink)`` for block
+        rows (the most a block can need), the most step groups any response
+        has for a single sequence (computed on the host: pass it under
+        ``jit`` or to keep shapes fixed across calls). A smaller bound drops
+        the later rounds' tokens.
 
     Returns:
-      :class:`TrainRows` with ``R = N * max_rounds`` rows.
+      :class:`~tracerl_jax.rows.Rows` with ``R = N * max_rounds`` rows.
     """
-    scope = _check_common(block_size, post_num, post_num_scope, compat)
+    layout = rows_lib.layout_of(layout, block_size)
+    check_options(post_num, post_num_scope, compat)
+    scope = post_num_scope or default_post_num_scope(layout, compat)
     if not isinstance(shrink, (int, np.integer)) or shrink < 1:
         raise ValueError(f"shrink must be an int >= 1, got {shrink!r}")
-    _check_rank("prompt_ids", prompt_ids, 2)
-    _check_rank("response_ids", response_ids, 2)
-    N, L0 = np.shape(prompt_ids)
-    L1 = np.shape(response_ids)[1]
-    _check_shape("prompt_valid", prompt_valid, (N, L0))
-    _check_shape("response_ids", response_ids, (N, L1))
-    _check_shape("step_map", step_map, (N, L1))
-    _check_shape("response_lengths", response_lengths, (N,))
-    if has_step_map is not None:
-        _check_shape("has_step_map", has_step_map, (N,))
-    if L1 < 1:
-        raise ValueError(f"response_ids must have L1 >= 1 columns, got {L1}")
-    T = max_rounds if max_rounds is not None else -(-block_size // shrink)
-    if not isinstance(T, (int, np.integer)) or T < 1:
+    N, L0, L1 = rows_lib.check_response_arrays(
+        prompt_ids, prompt_valid, response_ids, per_response=dict(response_lengths=response_lengths,
+                                                                  has_step_map=has_step_map),
+        per_token=dict(step_map=step_map, scorable=scorable))
+    if max_rounds is None:
+        max_rounds = (-(-layout.round_span // shrink) if layout.round_span
+                      else max_step_groups(step_map, response_lengths, shrink))
+    if not isinstance(max_rounds, (int, np.integer)) or max_rounds < 1:
         raise ValueError(f"max_rounds must be an int >= 1, got {max_rounds!r}")
-    return _build_rows(jnp.asarray(prompt_ids), jnp.asarray(prompt_valid, bool),
-                       jnp.asarray(response_ids), jnp.asarray(step_map),
-                       jnp.asarray(response_lengths, jnp.int32),
-                       None if has_step_map is None else jnp.asarray(has_step_map, bool),
-                       block_size=int(block_size), mask_id=int(mask_id), pad_id=int(pad_id),
-                       shrink=int(shrink), post_num=post_num, scope=scope, max_rounds=int(T))
+    sm = jnp.asarray(step_map, jnp.int32)
+    lengths = jnp.asarray(response_lengths, jnp.int32)
+    if layout.round_span is None:
+        # Full-attention step maps may be the reference's 0-based ids: shift them positive (order unchanged).
+        inside = jnp.arange(L1)[None] < lengths[:, None]
+        sm = jnp.where(inside, sm - jnp.min(jnp.where(inside, sm, 1), axis=1, keepdims=True) + 1, 0)
+    return _build_rows(jnp.asarray(prompt_ids), jnp.asarray(prompt_valid, bool), jnp.asarray(response_ids), sm,
+                       lengths, None if has_step_map is None else jnp.asarray(has_step_map, bool),
+                       None if scorable is None else jnp.asarray(scorable, bool), layout=layout,
+                       mask_id=int(mask_id), pad_id=int(pad_id), shrink=int(shrink), post_num=post_num, scope=scope,
+                       max_rounds=int(max_rounds))
 
 
-def trace_step_ids(step_map: jax.Array, response_lengths: jax.Array, *, block_size: int,
-                   shrink: int = 1, has_step_map: Optional[jax.Array] = None):
-    """Aligned and shrunk step map as GAE needs it (§8.3): ``(ids [N, L1], valid [N])``."""
-    aligned, valid = align_step_map(jnp.asarray(step_map), jnp.asarray(response_lengths),
-                                    has_step_map)
-    return shrink_step_map(aligned, block_size, shrink), valid
+def trace_step_ids(step_map: jax.Array, response_lengths: jax.Array, *, layout: Layout | None = None,
+                   block_size: int | None = None, shrink: int = 1, has_step_map: Optional[jax.Array] = None):
+    """Aligned and shrunk step map as GAE needs it (§8.3): ``(ids int32 [N, L1], valid bool [N])``.
 
-
-# --------------------------------------------------------------------------
-# Rows <-> per-token arrays, host compaction
-# --------------------------------------------------------------------------
-
-
-def scatter_to_rows(token_values: jax.Array, rows: TrainRows) -> jax.Array:
-    """Per-token response values ``[N, L1]`` -> row layout ``[R, L0+L1]``.
-
-    Each row gets its response's values at its ``p_mask`` positions, 0
-    elsewhere (how §8.4 writes ``R_j``/``A_j`` back).
+    Shrinks per span of ``layout`` (a block, or the whole response).
     """
-    L1 = token_values.shape[1]
-    L0 = rows.p_mask.shape[1] - L1
-    v = token_values[rows.response_index]
-    v = jnp.concatenate([jnp.zeros((v.shape[0], L0), v.dtype), v], axis=1)
-    return jnp.where(rows.p_mask & rows.row_valid[:, None], v, jnp.zeros((), v.dtype))
+    layout = rows_lib.layout_of(layout, block_size)
+    step_map = jnp.asarray(step_map)
+    aligned, valid = align_step_map(step_map, jnp.asarray(response_lengths), has_step_map)
+    return shrink_step_map(aligned, layout.round_span or step_map.shape[1], shrink), valid
 
 
-def gather_from_rows(row_values: jax.Array, rows: TrainRows, num_responses: int) -> jax.Array:
-    """Row layout ``[R, L0+L1]`` -> per-token ``[N, L1]``, summed over rows.
+class RolloutRows(NamedTuple):
+    """TraceRL rows of a rollout, and what GAE needs of it per response.
 
-    A token is scored in at most one row, so the sum picks the value of the
-    row that scored it (§8.2: ``V_j^old`` from the noised position); unscored
-    tokens get 0.
+    Attributes:
+      rows: :class:`~tracerl_jax.rows.Rows`; ``p_mask`` restricted to the
+        completion (unless ``completion_only=False``).
+      completion: bool ``[N, L1]`` response tokens of the completion (EOS included).
+      step_ids: int32 ``[N, L1]`` the aligned, shrunk step map (GAE's steps, §8.3).
     """
-    L0L1 = rows.p_mask.shape[1]
-    L1 = (rows.extended_tokens.shape[1] - L0L1)
-    keep = rows.p_mask & rows.row_valid[:, None]
-    v = jnp.where(keep, row_values, jnp.zeros((), row_values.dtype))[:, L0L1 - L1:]
-    return jax.ops.segment_sum(v, rows.response_index, num_segments=num_responses)
+
+    rows: Rows
+    completion: jax.Array
+    step_ids: jax.Array
 
 
-def compact_rows(rows: TrainRows, bucket: Optional[int] = None) -> tuple[TrainRows, int]:
-    """Host helper: keeps the valid rows (in order), padded to a bucketed count.
+def rows_from_rollout(prompts: jax.Array, prompt_valid: jax.Array, rollout, *, layout: Layout | None = None,
+                      block_size: int | None = None, mask_id: int, pad_id: int, shrink: int = 1,
+                      post_num: Optional[int] = 0, compat: str = "recommended", completion_only: bool = True,
+                      response_len: int | None = None, max_rounds: int | None = None) -> RolloutRows:
+    """TraceRL rows for a sampler's rollout, on its own token ids.
+
+    The samplers keep the tail of a row's canvas (tokens decoded after the EOS
+    or past the budget) as context; the rows keep it too -- masked or clean by
+    its step ids like any token -- so each scored token sees exactly the
+    canvas it was sampled from, but only completion tokens are scored (all
+    but the tail pads with ``completion_only=False``, the full-attention
+    reference).
 
     Args:
-      rows: :class:`TrainRows` (device or numpy arrays).
-      bucket: pad the row count up to a multiple of this (at least one
-        bucket), so a few static batch sizes cover every RL step. Padding rows
-        repeat the last kept row with ``row_valid`` and ``p_mask`` False.
+      prompts: int ``[N, L0]`` left-padded prompts (as given to the sampler).
+      prompt_valid: bool ``[N, L0]``.
+      rollout: the sampler's :class:`~tracerl_jax.sampling.Rollout` (``G`` columns).
+      layout, block_size, mask_id, pad_id, shrink, post_num, compat: as in
+        :func:`build_rows`.
+      completion_only: score only completion tokens.
+      response_len: ``L1`` (default ``G``); longer rollouts are cut, shorter padded.
+      max_rounds: as in :func:`build_rows`; default: a bound that holds for
+        every rollout of this shape (``ceil(b / shrink)`` per block, or
+        ``ceil((G + 1) / shrink)`` over a whole response), so the shapes never
+        change between RL steps.
 
     Returns:
-      ``(numpy TrainRows, number of valid rows)``.
+      :class:`RolloutRows`.
     """
-    host = jax.tree.map(np.asarray, rows)
-    idx = np.flatnonzero(host.row_valid)
-    n = int(idx.size)
-    total = n
-    if bucket is not None:
-        if bucket < 1:
-            raise ValueError(f"bucket must be >= 1, got {bucket!r}")
-        total = max(1, -(-n // bucket)) * bucket
-    fill = idx[-1] if n else 0
-    take = np.concatenate([idx, np.full(total - n, fill, idx.dtype)]).astype(np.int64)
-    out = jax.tree.map(lambda a: a[take], host)
-    pad = np.arange(total) >= n
-    return out._replace(row_valid=out.row_valid & ~pad,
-                        p_mask=out.p_mask & ~pad[:, None]), n
+    layout = rows_lib.layout_of(layout, block_size)
+    G = rollout.tokens.shape[1]
+    L1 = G if response_len is None else response_len
+    if layout.round_span and L1 % layout.round_span:
+        raise ValueError(f"response_len {L1} must be a multiple of block_size {layout.round_span}")
+    tokens, steps = rollout.tokens, rollout.step_map
+    if L1 < G:
+        tokens, steps = tokens[:, :L1], steps[:, :L1]
+    elif L1 > G:
+        tokens = jnp.pad(tokens, ((0, 0), (0, L1 - G)), constant_values=pad_id)
+        steps = jnp.pad(steps, ((0, 0), (0, L1 - G)))
+    decoded = jnp.sum(steps > 0, axis=1).astype(jnp.int32)
+    completion = jnp.arange(L1)[None] < jnp.minimum(rollout.lengths, L1)[:, None]
+    if max_rounds is None:
+        max_rounds = -(-(layout.round_span or L1 + 1) // shrink)
+    rows = build_rows(prompts, prompt_valid, tokens, steps, decoded, layout=layout, mask_id=mask_id,
+                      pad_id=pad_id, shrink=shrink, post_num=post_num, compat=compat,
+                      scorable=completion if completion_only else None, max_rounds=max_rounds)
+    step_ids, _ = trace_step_ids(steps, decoded, layout=layout, shrink=shrink)
+    return RolloutRows(rows, completion, step_ids)

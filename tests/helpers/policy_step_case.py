@@ -17,7 +17,7 @@ import numpy as np
 
 from tracerl_jax.models import ModelConfig, cache_init_fn, init_model, sampler_forward_fn, split_model
 from tracerl_jax.sampling import BlockSamplerConfig, make_block_sampler
-from tracerl_jax.scoring import rows_from_rollout
+from tracerl_jax.trajectory import rows_from_rollout
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer
 from tracerl_jax.train.sharding import make_mesh
 from tracerl_jax.train.step import init_train_state, state_shardings, to_microbatches
@@ -47,7 +47,7 @@ def _rollout_rows():
     ro = sampler(params, prompts, valid, rng=jax.random.key(0))
     rows = rows_from_rollout(jnp.asarray(prompts), jnp.asarray(valid), ro, block_size=4, mask_id=MASK,
                              pad_id=PAD).rows
-    R = rows.extended_tokens.shape[0]
+    R = rows.tokens.shape[0]
     logp_old = old_logprobs(graphdef, params, rows, 8)
     adv = jnp.asarray(rng.normal(size=(R,)), jnp.float32)
     return graphdef, params, rows, logp_old, adv

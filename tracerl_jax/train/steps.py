@@ -1,9 +1,8 @@
 """The TraceRL policy, value and SFT updates as compiled, sharded steps.
 
 Each is :func:`tracerl_jax.train.step.make_train_step` around one loss over
-training rows: block rows in the extended layout (``trajectory.TrainRows``)
-or full-attention rows (``trajectory_full.FullRows``, §5); per-token arrays
-are in the response layout ``[R, L1]`` for both. A batch is a dict whose
+training rows (:class:`tracerl_jax.rows.Rows`, either model family); every
+per-token array is in the response layout ``[R, L1]``. A batch is a dict whose
 leaves are ``[GA, micro_B, ...]`` (use ``step.to_microbatches``):
 
 * policy: ``rows``, ``logp_old [R, L1]``, ``advantages [R]`` or ``[R, L1]``,
@@ -32,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tracerl_jax import losses
-from tracerl_jax.scoring import response_mask, trajectory_logprobs, trajectory_values
+from tracerl_jax.rows import response_mask
+from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
 from tracerl_jax.train.step import make_train_step
 
 
@@ -41,6 +41,7 @@ class PolicyLossConfig:
     """Settings of the TraceRL policy loss (§6). Defaults: block-model [REF].
 
     Attributes:
+      name: the loss, a ``losses.POLICY_LOSSES`` entry (``"ppo_clip"``: §6.2).
       eps: PPO clip.
       log_ratio_clip: log-ratio clamp (None disables; full-attention [REF]).
       normalizer: ``global_L1`` [REF block] | ``row_tokens`` [REF full
@@ -51,6 +52,7 @@ class PolicyLossConfig:
         full-attention [REF].
     """
 
+    name: str = "ppo_clip"
     eps: float = 0.2
     log_ratio_clip: Optional[float] = 10.0
     normalizer: str = "global_L1"
@@ -59,23 +61,25 @@ class PolicyLossConfig:
     kl_normalizer: Optional[str] = None
 
 
+    def __post_init__(self):
+        losses.POLICY_LOSSES.get(self.name)  # an unknown name fails here, not inside a trace
+
+
 # The full-attention scripts' loss (§6.4 [REF]): no log-ratio clamp, per-row token mean, unnormalised KL.
 FULL_ATTENTION_REF = PolicyLossConfig(log_ratio_clip=None, normalizer="row_tokens", kl_normalizer="sum")
-
-
-def _response_mask(rows) -> jax.Array:
-    return response_mask(rows)  # block (TrainRows) or full-attention (FullRows) rows
 
 
 def policy_loss_fn(graphdef, cfg: PolicyLossConfig):
     """``loss_fn(params, micro_batch) -> (loss, metrics)`` for the policy."""
 
+    loss = losses.POLICY_LOSSES.get(cfg.name)
+
     def loss_fn(params, batch):
         rows = batch["rows"]
-        p_mask = _response_mask(rows)
+        p_mask = response_mask(rows)
         logp = trajectory_logprobs(graphdef, params, rows)
         logp_ref = batch.get("logp_ref", batch["logp_old"])
-        return losses.policy_loss(
+        return loss(
             logp, batch["logp_old"], batch["advantages"], p_mask, eps=cfg.eps,
             log_ratio_clip=cfg.log_ratio_clip, normalizer=cfg.normalizer, L1_ref=batch["L1_ref"][0],
             num_rows=batch["num_rows"][0], beta=cfg.beta, logp_ref=logp_ref,
@@ -90,7 +94,7 @@ def value_loss_fn(graphdef, clip: Optional[float] = 0.2, normalizer: str = "glob
     def loss_fn(params, batch):
         rows = batch["rows"]
         values = trajectory_values(graphdef, params, rows)
-        loss, metrics = losses.value_loss(values, batch["old_values"], batch["returns"], _response_mask(rows),
+        loss, metrics = losses.value_loss(values, batch["old_values"], batch["returns"], response_mask(rows),
                                           clip=clip, normalizer=normalizer, L1_ref=batch["L1_ref"][0],
                                           num_rows=batch["num_rows"][0])
         return loss, metrics
@@ -104,7 +108,7 @@ def sft_loss_fn(graphdef, normalizer: str = "global_L1"):
     def loss_fn(params, batch):
         rows = batch["rows"]
         logp = trajectory_logprobs(graphdef, params, rows)
-        p_mask = _response_mask(rows)
+        p_mask = response_mask(rows)
         loss, metrics = losses.masked_nll(logp, None, p_mask, normalizer=normalizer,
                                           L1_ref=batch["L1_ref"][0], num_rows=batch["num_rows"][0])
         return loss, metrics
@@ -159,7 +163,7 @@ def old_logprobs(graphdef, params, rows, micro_batch: int):
 
     Args:
       graphdef, params: the policy (the weights that produced the rollouts).
-      rows: ``TrainRows`` with ``R`` rows, ``R % micro_batch == 0``.
+      rows: :class:`~tracerl_jax.rows.Rows` with ``R`` rows, ``R % micro_batch == 0``.
       micro_batch: rows per forward pass.
 
     Returns:

@@ -1,0 +1,32 @@
+"""``--help`` of every example lists the fields of its config, with their defaults and comments."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import _common  # noqa: E402
+
+
+@pytest.mark.parametrize("config,fields", [
+    ("tracerl.py", ["--config.rl.method='TraceRL'", "--config.rl.loss='ppo_clip'", "--config.rollout.block_size=4"]),
+    ("sft.py", ["--config.sft.method=", "--config.block_size="]),
+    ("evaluate.py", ["--config.checkpoint=", "--config.sampler.strategy="]),
+    ("sample.py", ["--config.checkpoint=", "--config.sampler.temperature="]),
+])
+def test_config_help_lists_every_field_with_its_comment(config, fields):
+    text = _common.config_help(_common.CONFIG_DIR / config)
+    for f in fields:
+        assert f in text, f
+    assert "rows per optimizer update" in _common.config_help(_common.CONFIG_DIR / "tracerl.py")  # a field comment
+
+
+def test_help_of_an_example_prints_the_config_fields():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "tracerl.py"), "--help"], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    text = out.stdout + out.stderr
+    assert "Config fields" in text and "--config.rl.learning_rate=3e-05" in text, text[-2000:]
