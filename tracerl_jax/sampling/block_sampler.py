@@ -1,4 +1,4 @@
-"""Block-diffusion generation with trajectory recording (TraDo / SDAR, ALGORITHMS.md §1).
+"""Block-diffusion generation with trajectory recording (TraDo / SDAR, docs/algorithms.md §1).
 
 The whole generation is one compiled program: a ``lax.while_loop`` over
 blocks, an inner ``lax.while_loop`` over denoising steps, static shapes.
@@ -355,6 +355,20 @@ def validate_prompts(prompts, prompt_valid, cfg: BlockSamplerConfig, vocab_size:
             raise ValueError("every prompt needs at least one real token (prompt_valid[:, -1] is False)")
 
 
+def model_limits(forward_fn, vocab_size: Optional[int], max_positions: Optional[int]):
+    """``(vocab_size, max_positions)``: the given ones, else those of the model behind ``forward_fn``.
+
+    The forward functions of :mod:`tracerl_jax.models` carry their
+    ``model_config``, so a sampler built on them always checks its special
+    ids and lengths against the model.
+    """
+    model_cfg = getattr(forward_fn, "model_config", None)
+    if model_cfg is not None:
+        vocab_size = model_cfg.vocab_size if vocab_size is None else vocab_size
+        max_positions = model_cfg.max_position_embeddings if max_positions is None else max_positions
+    return vocab_size, max_positions
+
+
 def make_block_sampler(forward_fn: ForwardFn, init_cache: Callable[[int, int], kvc.KVCache],
                        cfg: BlockSamplerConfig, *, vocab_size: Optional[int] = None,
                        max_positions: Optional[int] = None):
@@ -365,8 +379,10 @@ def make_block_sampler(forward_fn: ForwardFn, init_cache: Callable[[int, int], k
         -> (logits [B,Q,V], cache)``; see :func:`tracerl_jax.models.sampler_forward_fn`.
       init_cache: ``(batch, max_len) -> KVCache`` sized for the canvas.
       cfg: :class:`BlockSamplerConfig`.
-      vocab_size: for validating special ids.
-      max_positions: for validating lengths.
+      vocab_size: for validating special ids; default: the model's, when
+        ``forward_fn`` comes from :mod:`tracerl_jax.models` (it carries its
+        ``model_config``).
+      max_positions: for validating lengths; default: the model's, likewise.
 
     Returns:
       ``sample_fn(params, prompts [B,Lp], prompt_valid [B,Lp], rng=None,
@@ -374,6 +390,7 @@ def make_block_sampler(forward_fn: ForwardFn, init_cache: Callable[[int, int], k
       ``row_keys [B]`` (reproducible per row, whatever the batch). The
       compiled program is reused for every call with the same shapes.
     """
+    vocab_size, max_positions = model_limits(forward_fn, vocab_size, max_positions)
     core = jax.jit(lambda params, prompts, valid, keys: _generate(
         forward_fn, init_cache, cfg, params, prompts, valid, keys))
 

@@ -1,4 +1,4 @@
-"""Full-attention (LLaDA / Dream) generation with trajectory recording (ALGORITHMS.md §2).
+"""Full-attention (LLaDA / Dream) generation with trajectory recording (docs/algorithms.md §2).
 
 The canvas is ``[left-padded prompt (Lp) | MASK * gen_length]``; the model
 attends bidirectionally over all of it (later blocks' ``MASK`` tokens
@@ -63,9 +63,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tracerl_jax.attention import NEG_INF, MaskInfo, full_info
+from tracerl_jax.attention import NEG_INF, full_info
 from tracerl_jax.sampling import remasking
-from tracerl_jax.sampling.block_sampler import Rollout
+from tracerl_jax.sampling.block_sampler import Rollout, model_limits
 from tracerl_jax.sampling.full_schedule import (block_steps, dream_count, dream_fraction_table,
                                                 llada_quota)
 from tracerl_jax.sampling.token_sampling import filter_logits, row_keys_for
@@ -480,8 +480,10 @@ def make_full_sampler(forward_fn: FullForwardFn, init_cache: Optional[Callable],
         (:func:`tracerl_jax.models.full_sampler_forward_fn`).
       init_cache: ``(batch, max_len) -> KVCache``; needed with ``use_cache``.
       cfg: :class:`FullSamplerConfig`.
-      vocab_size: for validating special ids.
-      max_positions: for validating lengths.
+      vocab_size: for validating special ids; default: the model's, when
+        ``forward_fn`` comes from :mod:`tracerl_jax.models` (it carries its
+        ``model_config``).
+      max_positions: for validating lengths; default: the model's, likewise.
 
     Returns:
       ``sample_fn(params, prompts [B,Lp], prompt_valid [B,Lp], rng=None,
@@ -492,6 +494,7 @@ def make_full_sampler(forward_fn: FullForwardFn, init_cache: Optional[Callable],
     """
     if cfg.use_cache and init_cache is None:
         raise ValueError("use_cache=True needs init_cache")
+    vocab_size, max_positions = model_limits(forward_fn, vocab_size, max_positions)
     core = jax.jit(lambda params, prompts, valid, keys: _generate(
         forward_fn, init_cache, cfg, params, prompts, valid, keys))
 
