@@ -1,7 +1,7 @@
 """Extended-layout attention: dense (score all N x N, mask) vs blockwise (skip masked tiles).
 
 Why. The TraceRL policy update runs attention over ``[prompt L0 | clean L1 |
-noised L1]`` (ALGORITHMS.md §3.3) whose mask allows about 31% of the
+noised L1]`` (docs/algorithms.md §3.3) whose mask allows about 31% of the
 ``N x N`` pairs at ``L1 = 256`` and ~26% at ``L1 = 1024``. The dense path
 (``dot_product_attention`` on ``dense_mask``) scores them all;
 ``tracerl_jax.blockwise_attention`` visits only the query/key tiles that can

@@ -12,7 +12,7 @@ therefore matter and are reported side by side, per preset and batch size:
   the counts are per row of the batch. Three kinds of forward exist:
   one prefill of the prompt, the denoising forwards (the trajectory's steps),
   and one cache-saving forward per finished block except the last, which
-  writes the committed block's K/V (ALGORITHMS.md §1.6).
+  writes the committed block's K/V (docs/algorithms.md §1.6).
 
 Strategies (``--variants``), all at block 4 / 4 steps per block:
 

@@ -22,7 +22,7 @@ checkpoints (or ``random:tiny-llada``, ...) use the full-attention sampler,
 with the full-attention knobs of ``config.sampler`` (block models reject
 them).
 
-Sampler settings are the reference evaluation's (ALGORITHMS.md §11.2,
+Sampler settings are the reference evaluation's (docs/algorithms.md §11.2,
 ``evaluation.*`` of ``configs/rl_trado.yaml``): block size 4, 4 denoising
 steps per block, temperature 1.0, top_p 1.0, dynamic threshold 0.9, no think
 template, 3 responses per problem, at most 2000 new tokens. The reference
@@ -59,7 +59,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.data.split = "test"  # built-in tasks: held-out problems are in the test split
     c.data.path = ""  # a JSON/JSONL file for name=reference (or to replace the shipped math500/gsm8k file)
 
-    # --- sampler (ALGORITHMS.md §1; reference eval settings, §11.2) ------------
+    # --- sampler (docs/algorithms.md §1; reference eval settings, §11.2) ------------
     c.sampler = ml_collections.ConfigDict()
     c.sampler.block_size = 4  # b (evaluation.block_size)
     c.sampler.steps_per_block = 4  # denoising steps per block (evaluation.denoising_steps_per_block)

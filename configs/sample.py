@@ -12,7 +12,7 @@ Variants after the colon name the problems used when no prompts are given:
 ``arithmetic`` (default), ``sudoku4``, ``countdown``, ``math500``,
 ``gsm8k``; ``smoke`` is a random tiny model on two command-line-style
 prompts. The sampler settings are the reference evaluation's
-(ALGORITHMS.md §11.2; see configs/evaluate.py), so what you see is what the
+(docs/algorithms.md §11.2; see configs/evaluate.py), so what you see is what the
 evaluation scores. LLaDA/Dream checkpoints (``random:tiny-llada``, an HF
 LLaDA/Dream directory, ...) are sampled with the full-attention sampler and
 its knobs below.
@@ -45,7 +45,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.data.path = ""  # file for name=reference (or replacing a shipped data set)
     c.score = True  # print the verifier's reward for problems from `data`
 
-    # --- sampler (reference evaluation settings, ALGORITHMS.md §11.2) --------
+    # --- sampler (reference evaluation settings, docs/algorithms.md §11.2) --------
     c.sampler = ml_collections.ConfigDict()
     c.sampler.block_size = 4  # b
     c.sampler.steps_per_block = 4  # denoising steps per block

@@ -52,7 +52,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.gen_length = 32  # sampler response canvas (a multiple of block_size)
     c.max_response_len = 0  # cut SFT responses to this many tokens (0: keep all)
 
-    # --- SFT rows (ALGORITHMS.md §10.1) -------------------------------------
+    # --- SFT rows (docs/algorithms.md §10.1) -------------------------------------
     c.sft = ml_collections.ConfigDict()
     # block: semi-ar (random in-block masks) | trace (left-to-right rounds);
     # full attention (§10.2): semi-ar (groups of block_size) | random_masking | ar (Dream only)

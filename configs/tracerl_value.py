@@ -1,4 +1,4 @@
-"""TraceRL + diffusion value model (step-level GAE, ALGORITHMS.md §8) on the CPU default task."""
+"""TraceRL + diffusion value model (step-level GAE, docs/algorithms.md §8) on the CPU default task."""
 
 from configs import tracerl
 

@@ -1,4 +1,4 @@
-"""TraDo-4B TraceRL with the reference hyper-parameters (ALGORITHMS.md §11.2), for accelerators.
+"""TraDo-4B TraceRL with the reference hyper-parameters (docs/algorithms.md §11.2), for accelerators.
 
 Set model.init to a local Hugging Face TraDo/SDAR directory and tokenizer to
 the same directory (its tokenizer.json). MATH training data: a reference-format

@@ -1,4 +1,4 @@
-"""TraDo-8B TraceRL with the reference hyper-parameters (ALGORITHMS.md §11.2), for accelerators."""
+"""TraDo-8B TraceRL with the reference hyper-parameters (docs/algorithms.md §11.2), for accelerators."""
 
 from configs import trado_4b
 

@@ -55,7 +55,7 @@ def _qwen2(seed=12):
     return _perturb_norms(transformers.Qwen2ForCausalLM(cfg).float().eval())
 
 
-# HF Llama name -> LLaDA name (ALGORITHMS.md §12.2: ff_proj is the gate).
+# HF Llama name -> LLaDA name (docs/algorithms.md §12.2: ff_proj is the gate).
 _LLADA_NAMES = {
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ff_norm", "self_attn.q_proj": "q_proj",
     "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj", "self_attn.o_proj": "attn_out",

@@ -1,4 +1,4 @@
-"""Full-attention sampler semantics (ALGORITHMS.md §2).
+"""Full-attention sampler semantics (docs/algorithms.md §2).
 
 A deterministic toy forward function (logits from the position and the
 canvas contents) isolates the sampler logic; every denoising call is captured

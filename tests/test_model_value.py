@@ -1,4 +1,4 @@
-"""Value model (ALGORITHMS.md §8.1): zero-initialised head on final-norm hidden states."""
+"""Value model (docs/algorithms.md §8.1): zero-initialised head on final-norm hidden states."""
 
 import jax
 import jax.numpy as jnp

@@ -3,7 +3,7 @@
 The toy forward reads only the row's own tokens and positions, so it isolates
 the sampler logic (quotas, strategies, stopping, step ids, batching) from the
 model. Every denoising call is captured with a host callback and replayed
-against an independent NumPy statement of the rules of ALGORITHMS.md §1.3-1.8.
+against an independent NumPy statement of the rules of docs/algorithms.md §1.3-1.8.
 """
 
 import jax

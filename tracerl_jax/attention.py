@@ -20,7 +20,7 @@ Each query and key position carries a :class:`MaskInfo` entry:
 * noised query, noised key: ``block[k] == block[q]``  (own noised block, bidirectional)
 
 A clean query never sees a noised key. With ``noised`` all False this reduces
-to block-causal (generation mask, ALGORITHMS.md §3.1), causal (``block`` =
+to block-causal (generation mask, docs/algorithms.md §3.1), causal (``block`` =
 position) or bidirectional (``block`` constant). With the TraceRL extended
 layout it is the table of §3.3. A query left with no allowed key (a row of
 pure padding) is given itself as its only key, as ``process_pad`` does (§3.4),
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # Large finite negative for masked logits: -inf would make fully masked rows
-# NaN; this keeps them finite (ALGORITHMS.md §3.4 [RECOMMENDED]).
+# NaN; this keeps them finite (docs/algorithms.md §3.4 [RECOMMENDED]).
 NEG_INF = -0.7 * float(np.finfo(np.float32).max)
 
 

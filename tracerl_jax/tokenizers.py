@@ -10,7 +10,7 @@ examples) talks to a :class:`Tokenizer`. Two implementations ship:
 
 Special tokens are never guessed silently: the mask id in particular must be
 found in the tokenizer or given explicitly, and is never the pad id (the
-reference engine falls back to PAD, quirk Q-S5 of ALGORITHMS.md).
+reference engine falls back to PAD, quirk Q-S5 of docs/algorithms.md).
 
 The shipped task tokenizer (``assets/tokenizer/tasks.model``, built by
 ``scripts/train_tokenizer.py``) has 160 ids: ``<pad>`` 0, ``</s>`` 1 (eos),
@@ -28,7 +28,7 @@ from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-# ALGORITHMS.md §1.9 (the reference's rollout templates; `{problem}` is the
+# docs/algorithms.md §1.9 (the reference's rollout templates; `{problem}` is the
 # question). Function-call code prompts get the task's `prefix` appended.
 QWEN_TEMPLATES: Mapping[str, str] = {
     "math": ("<|im_start|>user\n{problem}\nPlease reason step by step, and put"

@@ -1,4 +1,4 @@
-"""Step schedules of the full-attention samplers (ALGORITHMS.md §2.1, §2.3, §2.4).
+"""Step schedules of the full-attention samplers (docs/algorithms.md §2.1, §2.3, §2.4).
 
 Three small rules, each in one place, shared by the sampler and its tests:
 

@@ -1,4 +1,4 @@
-"""Per-position token sampling and confidence (ALGORITHMS.md §1.4).
+"""Per-position token sampling and confidence (docs/algorithms.md §1.4).
 
 Order of operations, as the reference engine: temperature -> top-k -> softmax
 -> top-p (renormalised) -> categorical sample. The confidence of a position is

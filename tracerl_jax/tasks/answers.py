@@ -1,4 +1,4 @@
-"""Reading the final answer out of untrusted model output (ALGORITHMS.md §7.1)."""
+"""Reading the final answer out of untrusted model output (docs/algorithms.md §7.1)."""
 from __future__ import annotations
 
 _BOXED = "\\boxed{"

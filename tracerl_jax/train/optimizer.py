@@ -33,7 +33,7 @@ SCHEDULES = ("constant", "cosine", "cosine_per_rl_step")
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW settings (ALGORITHMS.md §6.6 defaults for the policy).
+    """AdamW settings (docs/algorithms.md §6.6 defaults for the policy).
 
     Attributes:
       learning_rate: peak learning rate.
