@@ -104,7 +104,17 @@ class ModelConfig:
       param_dtype: storage dtype of parameters.
       dtype: compute dtype of activations and matmuls (norms, softmax and
         logits are float32 regardless).
-      remat: rematerialise each layer in the backward pass.
+      remat: rematerialise each layer in the backward pass (with
+        ``scan_layers``: each step of the scan).
+      scan_layers: store the decoder layers' parameters stacked (a leading
+        ``[num_layers]`` axis on every layer parameter) and run them with one
+        ``lax.scan``, so compile time does not grow with depth
+        (benchmarks/README.md, "Compile time"). Same function as the
+        unrolled layers (float rounding aside) and, for a given seed, the
+        same initial weights; its KV cache uses the stacked layout
+        (:mod:`tracerl_jax.kv_cache`). Not a checkpoint property: HF
+        checkpoints are per-layer either way, and ``relayout_layers``
+        converts a model.
       attention_impl: attention of the no-cache forward (training rows,
         scoring): ``"dense"`` scores all ``N x N`` pairs and masks them (XLA
         einsums, bit-stable, the reference path); ``"blockwise"`` visits only
@@ -147,6 +157,7 @@ class ModelConfig:
     attention_impl: str = "dense"
     attention_q_tile: int = 64
     attention_k_tile: int = 64
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -170,7 +181,7 @@ class ModelConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
             object.__setattr__(self, name, float(v))
-        for name in ("tie_word_embeddings", "remat") + _LAYOUT_FLAGS:
+        for name in ("tie_word_embeddings", "remat", "scan_layers") + _LAYOUT_FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "param_dtype", canonical_dtype(self.param_dtype, "param_dtype"))

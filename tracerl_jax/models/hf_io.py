@@ -14,10 +14,17 @@ when the embeddings are tied; a value model adds ``value_head.weight
 Loading builds the model abstractly (no allocation) and fills it one tensor
 at a time from memory-mapped files, so at most one full copy of the weights
 (plus one tensor in flight) exists at once.
+
+Checkpoints are per layer (``model.layers.{i}.*``) whatever the model's
+layout. A model with ``scan_layers`` gets each layer parameter as one
+``[num_layers, ...]`` array: loading stacks the ``num_layers`` tensors of a
+parameter as it reads them (one parameter's layers in flight), saving
+writes each layer's slice under its own name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -81,6 +88,23 @@ def _set(tree, path, value):
     for p in path[:-1]:
         tree = tree[p]
     tree[path[-1]] = value
+
+
+def _slot(ppath: tuple, scanned: bool) -> tuple[tuple, Optional[int]]:
+    """Where a per-layer key-map path lives in a model's pure dict.
+
+    ``("layers", i, *rest)`` of a scanned model is row ``i`` of the stacked
+    ``("layers", *rest)``; every other path is itself (layer ``None``).
+    """
+    if scanned and ppath[0] == "layers":
+        return ("layers",) + tuple(ppath[2:]), ppath[1]
+    return tuple(ppath), None
+
+
+def _has_stacked_layers(pure: dict) -> bool:
+    """Whether a pure param dict has the scanned layout (one layer tree, not ``{i: layer}``)."""
+    layers = pure.get("layers")
+    return isinstance(layers, dict) and "self_attn" in layers
 
 
 def _abstract(config: ModelConfig, value_head: bool):
@@ -210,29 +234,31 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], dtype: Any = "float32", *,
     graphdef, state = _abstract(config, value_model)
     abstract = nnx.to_pure_dict(state)
     target = config.params_dtype
-    by_file: dict[Path, list[str]] = {}
-    for key in key_map:
-        by_file.setdefault(files[key], []).append(key)
-    for f, keys in by_file.items():
+
+    def read(handle, f, key, want):
+        transpose = key_map[key][1]
+        hf_shape = want[::-1] if transpose else want
         try:
-            handle = safe_open(str(f), framework="np")
+            arr = handle.get_tensor(key)
         except Exception as e:
-            raise ValueError(f"corrupt safetensors file {f}: {e}") from e
-        with handle:
-            for key in keys:
-                ppath, transpose = key_map[key]
-                want = tuple(_get(abstract, ppath).shape)
-                hf_shape = want[::-1] if transpose else want
-                try:
-                    arr = handle.get_tensor(key)
-                except Exception as e:
-                    raise ValueError(f"corrupt safetensors file {f} (tensor {key!r}): {e}") from e
-                if tuple(arr.shape) != hf_shape:
-                    raise ValueError(f"checkpoint {path}: tensor {key!r} has shape {tuple(arr.shape)}, "
-                                     f"expected {hf_shape} from config.json")
-                # One host array in flight at a time; the device copy replaces it.
-                _set(abstract, ppath, jnp.asarray(arr.T if transpose else arr, dtype=target))
-                del arr
+            raise ValueError(f"corrupt safetensors file {f} (tensor {key!r}): {e}") from e
+        if tuple(arr.shape) != hf_shape:
+            raise ValueError(f"checkpoint {path}: tensor {key!r} has shape {tuple(arr.shape)}, "
+                             f"expected {hf_shape} from config.json")
+        # One host array in flight at a time; the device copy replaces it.
+        return jnp.asarray(arr.T if transpose else arr, dtype=target)
+
+    if config.scan_layers:
+        _load_stacked(abstract, key_map, files, read)
+    else:
+        by_file: dict[Path, list[str]] = {}
+        for key in key_map:
+            by_file.setdefault(files[key], []).append(key)
+        for f, keys in by_file.items():
+            with _open(f) as handle:
+                for key in keys:
+                    ppath = key_map[key][0]
+                    _set(abstract, ppath, read(handle, f, key, tuple(_get(abstract, ppath).shape)))
     if tied_head:
         # Compare the file's own tensors: the loaded embedding may be rounded to a narrower dtype.
         head_arr, emb_arr = _read_tensor(files[head], head), _read_tensor(files[emb], emb)
@@ -241,6 +267,41 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], dtype: Any = "float32", *,
                              "embeddings are tied (tie_word_embeddings / weight_tying)")
     nnx.replace_by_pure_dict(state, abstract)
     return config, nnx.merge(graphdef, state)
+
+
+def _open(f: Path):
+    try:
+        return safe_open(str(f), framework="np")
+    except Exception as e:
+        raise ValueError(f"corrupt safetensors file {f}: {e}") from e
+
+
+def _load_stacked(abstract: dict, key_map, files: dict, read) -> None:
+    """Fills a scanned model's pure dict: each layer parameter is its layers' tensors stacked."""
+    groups: dict[tuple, list[tuple[Optional[int], str]]] = {}
+    for key, (ppath, _) in key_map.items():
+        spath, layer = _slot(ppath, True)
+        groups.setdefault(spath, []).append((layer, key))
+    with contextlib.ExitStack() as stack:
+        # A parameter's layers may sit in different shards: keep each file open once.
+        handles: dict[Path, Any] = {}
+
+        def handle(f):
+            if f not in handles:
+                handles[f] = stack.enter_context(_open(f))
+            return handles[f]
+
+        for spath, members in groups.items():
+            want = tuple(_get(abstract, spath).shape)
+            if members[0][0] is None:
+                (_, key), = members
+                _set(abstract, spath, read(handle(files[key]), files[key], key, want))
+                continue
+            members.sort()
+            parts = [read(handle(files[key]), files[key], key, want[1:]) for _, key in members]
+            # One parameter's layers in flight: the stack replaces them.
+            _set(abstract, spath, jnp.stack(parts))
+            del parts
 
 
 # ---------------------------------------------------------------------------
@@ -299,23 +360,27 @@ def save_hf_checkpoint(model_or_params, config: ModelConfig, path: Union[str, os
     # Both raise on a layout the family's format cannot express: fail before writing anything.
     hf = config.to_hf_config()
     key_map = hf_key_map(config, value_head)
-    _, state = _abstract(config, value_head)
+    # The params say which layout they have (scan_layers is not a checkpoint property, so a
+    # config that disagrees on it alone still describes these tensors).
+    scanned = _has_stacked_layers(pure)
+    _, state = _abstract(config.replace(scan_layers=scanned), value_head)
     abstract = nnx.to_pure_dict(state)
     cast = None if dtype is None else jnp.dtype(canonical_dtype(dtype, "dtype"))
 
     sizes = {}
     for key, (ppath, transpose) in key_map.items():
+        spath, layer = _slot(ppath, scanned)
         try:
-            leaf = _get(pure, ppath)
+            leaf = _get(pure, spath)
         except (KeyError, IndexError, TypeError):
-            raise ValueError(f"save_hf_checkpoint: parameter {'/'.join(map(str, ppath))} (for {key!r}) is missing")
-        want = tuple(_get(abstract, ppath).shape)
+            raise ValueError(f"save_hf_checkpoint: parameter {'/'.join(map(str, spath))} (for {key!r}) is missing")
+        want = tuple(_get(abstract, spath).shape)
         if tuple(leaf.shape) != want:
-            raise ValueError(f"save_hf_checkpoint: parameter {'/'.join(map(str, ppath))} has shape "
+            raise ValueError(f"save_hf_checkpoint: parameter {'/'.join(map(str, spath))} has shape "
                              f"{tuple(leaf.shape)}, expected {want} for {key!r}")
-        sizes[key] = int(np.prod(want)) * (cast or leaf.dtype).itemsize
+        sizes[key] = int(np.prod(want if layer is None else want[1:])) * (cast or leaf.dtype).itemsize
 
-    mapped = {tuple(ppath) for ppath, _ in key_map.values()}
+    mapped = {_slot(ppath, scanned)[0] for ppath, _ in key_map.values()}
     unmapped = sorted("/".join(map(str, p)) for p in _leaf_paths(pure) if p not in mapped)
     if unmapped:
         # e.g. q/k/v biases saved under a config without qkv_bias: they would be dropped silently.
@@ -344,11 +409,13 @@ def save_hf_checkpoint(model_or_params, config: ModelConfig, path: Union[str, os
         tensors = {}
         for key in keys:
             ppath, transpose = key_map[key]
-            leaf = _get(pure, ppath)
+            spath, layer = _slot(ppath, scanned)
+            leaf = _get(pure, spath)
             if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
                 raise ValueError(f"save_hf_checkpoint: parameter for {key!r} is not fully addressable from this "
                                  "process; gather it (e.g. jax.experimental.multihost_utils) before saving")
-            arr = np.asarray(jax.device_get(leaf))
+            # Slice a stacked parameter on its device: only this layer's tensor travels to the host.
+            arr = np.asarray(jax.device_get(leaf if layer is None else leaf[layer]))
             if cast is not None:
                 arr = arr.astype(cast)
             tensors[key] = np.ascontiguousarray(arr.T if transpose else arr)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from tracerl_jax import attention as attn
 from tracerl_jax import kv_cache as kvc
@@ -58,13 +59,37 @@ def _layer_call(layer, x, cos, sin, mask, past_k, past_v):
 _remat_layer_call = nnx.remat(_layer_call)
 
 
+def _stacked_layers(config: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
+    """One :class:`DecoderLayer` whose parameters are ``[num_layers, ...]``.
+
+    The layers are drawn from ``rngs`` one after another, exactly as the
+    unrolled model draws them, so a seed gives the same weights in both
+    layouts (a layout switch never changes an experiment's initialisation).
+    """
+    layers = [DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)]
+    graphdef, first = nnx.split(layers[0])
+    treedef = jax.tree.structure(first)
+    per_layer = [jax.tree.leaves(nnx.split(layer)[1]) for layer in layers]
+    del layers, first
+    stacked = []
+    for j in range(treedef.num_leaves):
+        stacked.append(jnp.stack([leaves[j] for leaves in per_layer]))
+        # Drop each per-layer copy once it is stacked, so the layers' weights exist about once
+        # (plus one parameter's stack) instead of twice.
+        for leaves in per_layer:
+            leaves[j] = None
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, stacked))
+
+
 class Transformer(nnx.Module):
     """Decoder LM of any family. Parameter names mirror the Qwen HF ones.
 
     Attributes:
       config: the :class:`ModelConfig` (static; part of the graphdef).
       embed_tokens: ``nnx.Embed`` ``[V, d]``.
-      layers: ``nnx.List`` of :class:`DecoderLayer`.
+      layers: ``nnx.List`` of :class:`DecoderLayer`; with
+        ``config.scan_layers`` one :class:`DecoderLayer` whose parameters
+        have a leading ``[num_layers]`` axis.
       norm: final RMSNorm.
       lm_head: ``nnx.Linear`` ``[d, V]``; absent when ``tie_word_embeddings``.
     """
@@ -73,14 +98,17 @@ class Transformer(nnx.Module):
         self.config = config
         self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=config.compute_dtype,
                                       param_dtype=config.params_dtype, embedding_init=normal_init(), rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        if config.scan_layers:
+            self.layers = _stacked_layers(config, rngs)
+        else:
+            self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.params_dtype)
         if not config.tie_word_embeddings:
             self.lm_head = nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False,
                                       dtype=config.compute_dtype, param_dtype=config.params_dtype,
                                       kernel_init=normal_init(), rngs=rngs)
 
-    def encode(self, tokens: jax.Array, positions: jax.Array, mask_info: MaskInfo,
+    def encode(self, tokens: jax.Array, positions: jax.Array, mask_info: Optional[MaskInfo],
                cache: Optional[KVCache] = None, *, write_cache: bool = False,
                dense_mask: Optional[jax.Array] = None) -> tuple[jax.Array, Optional[KVCache]]:
         """Runs the backbone; see :func:`forward` for the arguments.
@@ -90,7 +118,7 @@ class Transformer(nnx.Module):
         """
         cfg = self.config
         validate_inputs(cfg, tokens, positions, mask_info, cache, write_cache, dense_mask)
-        mask_info = MaskInfo(*mask_info)
+        mask_info = None if mask_info is None else MaskInfo(*mask_info)
         if dense_mask is not None:
             mask = dense_mask
         elif cache is None:
@@ -101,17 +129,42 @@ class Transformer(nnx.Module):
             mask = attn.dense_mask(mask_info, cache.info.concat(mask_info), q_offset=cache.max_len)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         x = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(cfg.compute_dtype)
-        call = _remat_layer_call if cfg.remat else _layer_call
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            past_k, past_v = (None, None) if cache is None else kvc.layer_kv(cache, i)
-            x, k, v = call(layer, x, cos, sin, mask, past_k, past_v)
-            new_k.append(k)
-            new_v.append(v)
+        if cfg.scan_layers:
+            x, new_k, new_v = self._scan_layers(x, cos, sin, mask, cache, collect_kv=write_cache)
+        else:
+            call = _remat_layer_call if cfg.remat else _layer_call
+            new_k, new_v = [], []
+            for i, layer in enumerate(self.layers):
+                past_k, past_v = (None, None) if cache is None else kvc.layer_kv(cache, i)
+                x, k, v = call(layer, x, cos, sin, mask, past_k, past_v)
+                new_k.append(k)
+                new_v.append(v)
         hidden = self.norm(x)
         if write_cache:
             cache = kvc.write(cache, new_k, new_v, mask_info)
         return hidden, cache
+
+    def _scan_layers(self, x, cos, sin, mask, cache, *, collect_kv: bool):
+        """The stacked layers as one ``lax.scan``: ``x [B, Q, d]`` -> ``(x, k, v)``.
+
+        ``k``/``v`` are the new tokens' ``[L, B, Q, Hkv, D]`` when
+        ``collect_kv``, else None (not stacking them keeps a read-only pass
+        from materialising ``L`` layers of K/V it would throw away).
+        """
+        graphdef, stacked = nnx.split(self.layers)
+
+        def body(x, xs):
+            layer_params, past_k, past_v = xs
+            x, k, v = nnx.merge(graphdef, layer_params)(x, cos, sin, mask, past_k, past_v)
+            return x, ((k, v) if collect_kv else None)
+
+        if self.config.remat:
+            # scan already keeps iterations apart, so CSE cannot undo the remat; prevent_cse=False
+            # spares the optimisation barriers (the documented setting for a scanned body).
+            body = jax.checkpoint(body, prevent_cse=False)
+        past = (None, None) if cache is None else (cache.k, cache.v)
+        x, kv = lax.scan(body, x, (stacked, *past))
+        return (x, None, None) if kv is None else (x, *kv)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """LM head: ``hidden [B, Q, d]`` -> float32 logits ``[B, Q, V]``."""
@@ -155,7 +208,7 @@ def split_model(model: nnx.Module) -> tuple[Any, nnx.State]:
     return graphdef, params
 
 
-def forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mask_info: MaskInfo,
+def forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mask_info: Optional[MaskInfo],
             cache: Optional[KVCache] = None, *, write_cache: bool = False,
             dense_mask: Optional[jax.Array] = None) -> ForwardOutput:
     """Pure forward pass of a :class:`Transformer`.
@@ -172,8 +225,12 @@ def forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mask_info
       tokens: int ``[B, Q]``.
       positions: int ``[B, Q]`` RoPE positions (explicit; padding arbitrary).
       mask_info: ``MaskInfo`` of the queries, fields ``[B, Q]`` (``block``
-        int, ``noised``/``valid`` bool).
-      cache: optional ``KVCache`` (per layer ``k, v [B, Hkv, T, D]``).
+        int, ``noised``/``valid`` bool). May be None when ``dense_mask`` is
+        given and ``write_cache`` is False (nothing else reads it then).
+      cache: optional ``KVCache`` in the model's layout (per layer keys
+        ``[B, Hkv, D, T]`` and values ``[B, Hkv, T, D]``; with
+        ``scan_layers`` the stacked ``[L, ...]`` buffers): build it with
+        :func:`make_cache`.
       write_cache: write the new tokens' K/V (post-norm, post-RoPE) and
         ``mask_info`` at the cache cursor and return the updated cache.
         Otherwise the input cache is returned unchanged.
@@ -192,8 +249,8 @@ def forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mask_info
     """
     model_cfg = _config_of(graphdef, params)
     validate_inputs(model_cfg, tokens, positions, mask_info, cache, write_cache, dense_mask)
-    return _forward_jit(graphdef, params, tokens, positions, MaskInfo(*mask_info), cache,
-                        write_cache=bool(write_cache), dense_mask=dense_mask)
+    return _forward_jit(graphdef, params, tokens, positions, None if mask_info is None else MaskInfo(*mask_info),
+                        cache, write_cache=bool(write_cache), dense_mask=dense_mask)
 
 
 def _forward_impl(graphdef, params, tokens, positions, mask_info, cache, *, write_cache, dense_mask):
@@ -230,9 +287,68 @@ def _config_of(graphdef, params) -> ModelConfig:
 
 
 def make_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    """An empty ``KVCache`` for ``config`` (``dtype`` defaults to the compute dtype)."""
+    """An empty ``KVCache`` for ``config`` (``dtype`` defaults to the compute dtype).
+
+    Per-layer buffers (keys ``[B, Hkv, D, T]``, values ``[B, Hkv, T, D]``)
+    for unrolled layers; the stacked ``[L, B, Hkv, D, T]`` / ``[L, B, Hkv,
+    T, D]`` buffers when ``config.scan_layers``.
+    """
     return kvc.init(config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim,
-                    dtype=config.compute_dtype if dtype is None else dtype)
+                    dtype=config.compute_dtype if dtype is None else dtype, stacked=config.scan_layers)
+
+
+def stack_layer_params(pure: dict) -> dict:
+    """Pure param dict of unrolled layers -> the scanned layout.
+
+    Args:
+      pure: ``nnx.to_pure_dict`` of a model's params, ``pure["layers"]`` a
+        dict ``{0: layer params, ..., L-1: ...}``.
+
+    Returns:
+      A new dict whose ``"layers"`` entry is one layer's tree with every leaf
+      stacked to ``[L, ...]``; the other entries are shared.
+    """
+    layers = pure.get("layers")
+    if not isinstance(layers, dict) or not layers or set(layers) != set(range(len(layers))):
+        raise ValueError("stack_layer_params: pure['layers'] must be {0: ..., 1: ...} (unrolled layers)")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(layers[i] for i in range(len(layers))))
+    return {**pure, "layers": stacked}
+
+
+def unstack_layer_params(pure: dict) -> dict:
+    """The inverse of :func:`stack_layer_params`: ``[L, ...]`` leaves -> ``{i: layer}``."""
+    layers = pure.get("layers")
+    if not isinstance(layers, dict) or "self_attn" not in layers:
+        raise ValueError("unstack_layer_params: pure['layers'] must be one layer tree with stacked "
+                         "[L, ...] leaves (scanned layers)")
+    n = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(layers)}
+    if len(n) != 1 or None in n:
+        raise ValueError(f"unstack_layer_params: stacked leaves disagree on the layer count: {sorted(map(str, n))}")
+    (n,) = n
+    return {**pure, "layers": {i: jax.tree.map(lambda x: x[i], layers) for i in range(n)}}
+
+
+def relayout_layers(model: "Transformer", scan_layers: bool) -> "Transformer":
+    """The same model (same weights, same class) with scanned or unrolled layers.
+
+    Args:
+      model: a :class:`Transformer` or :class:`~tracerl_jax.models.ValueModel`.
+      scan_layers: the layout wanted.
+
+    Returns:
+      ``model`` itself when it already has that layout, else a new model whose
+      config differs only in ``scan_layers`` (the arrays are restacked once).
+    """
+    if not isinstance(model, Transformer):
+        raise ValueError(f"model must be a Transformer, got {type(model).__name__}")
+    if model.config.scan_layers == bool(scan_layers):
+        return model
+    config = model.config.replace(scan_layers=bool(scan_layers))
+    cls = type(model)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))), nnx.Param)
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    nnx.replace_by_pure_dict(state, stack_layer_params(pure) if scan_layers else unstack_layer_params(pure))
+    return nnx.merge(graphdef, state)
 
 
 def shift_logits(x: jax.Array) -> jax.Array:
@@ -343,7 +459,12 @@ def _host_value(x) -> Optional[np.ndarray]:
 
 def validate_inputs(cfg: ModelConfig, tokens, positions, mask_info, cache=None, write_cache=False,
                     dense_mask=None) -> None:
-    """Checks the forward arguments; raises ValueError naming the bad one."""
+    """Checks the forward arguments; raises ValueError naming the bad one.
+
+    ``mask_info`` may be None only with a ``dense_mask`` and no cache write;
+    a cache must have the model's layout (per-layer, or stacked with
+    ``cfg.scan_layers``) and shapes.
+    """
     shape = getattr(tokens, "shape", None)
     if shape is None or len(shape) != 2:
         raise ValueError(f"tokens must be a 2-D [B, Q] int array, got shape {shape}")
@@ -354,17 +475,19 @@ def validate_inputs(cfg: ModelConfig, tokens, positions, mask_info, cache=None, 
         raise ValueError(f"positions must have shape {(B, Q)} like tokens, got {getattr(positions, 'shape', None)}")
     if not jnp.issubdtype(positions.dtype, jnp.integer):
         raise ValueError(f"positions must have an integer dtype, got {positions.dtype}")
-    _check_info(mask_info, (B, Q), "mask_info")
+    if mask_info is None:
+        # Only the predicate and the cache write read the MaskInfo; a dense_mask replaces the first.
+        if dense_mask is None:
+            raise ValueError("mask_info is required unless a dense_mask is given")
+        if write_cache:
+            raise ValueError("write_cache=True needs mask_info: the cache records the MaskInfo of the slots "
+                             "it writes (a dense_mask only replaces the attention mask)")
+    else:
+        _check_info(mask_info, (B, Q), "mask_info")
     if cache is not None:
         if not isinstance(cache, KVCache):
             raise ValueError(f"cache must be a KVCache, got {type(cache).__name__}")
-        T = cache.v[0].shape[2] if len(cache.v) and getattr(cache.v[0], "ndim", 0) == 4 else -1
-        for name, want, dims in (("k", (B, cfg.num_kv_heads, cfg.head_dim, T), "[B, Hkv, D, T]"),
-                                 ("v", (B, cfg.num_kv_heads, T, cfg.head_dim), "[B, Hkv, T, D]")):
-            got = [tuple(getattr(a, "shape", ())) for a in getattr(cache, name)]
-            if got != [want] * cfg.num_layers:
-                raise ValueError(f"cache.{name} must be {cfg.num_layers} layers of shape {dims} = {want} "
-                                 f"for this model and batch, got {got}")
+        T = _check_cache_layout(cfg, cache, B)
         _check_info(cache.info, (B, T), "cache.info")
     if write_cache and cache is None:
         raise ValueError("write_cache=True needs a cache")
@@ -381,6 +504,34 @@ def validate_inputs(cfg: ModelConfig, tokens, positions, mask_info, cache=None, 
         lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(f"tokens must lie in [0, vocab_size={cfg.vocab_size}), got range [{lo}, {hi}]")
+
+
+def _check_cache_layout(cfg: ModelConfig, cache: KVCache, B: int) -> int:
+    """Checks the K/V buffers against the model; returns the slot count ``T``."""
+    L, Hkv, D = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+    if cache.stacked != cfg.scan_layers:
+        have, want = ("stacked", "per-layer") if cache.stacked else ("per-layer", "stacked")
+        raise ValueError(f"cache has the {have} KV layout but this model (scan_layers={cfg.scan_layers}) "
+                         f"needs the {want} one; build the cache with make_cache(config, ...) / "
+                         f"cache_init_fn(config) for this config, or convert it with kv_cache.to_layout")
+    if cache.stacked:
+        v_shape = tuple(getattr(cache.v, "shape", ()))
+        T = v_shape[3] if len(v_shape) == 5 else -1
+        for name, want, dims in (("k", (L, B, Hkv, D, T), "[L, B, Hkv, D, T]"),
+                                 ("v", (L, B, Hkv, T, D), "[L, B, Hkv, T, D]")):
+            got = tuple(getattr(getattr(cache, name), "shape", ()))
+            if got != want:
+                raise ValueError(f"cache.{name} must be a stacked array of shape {dims} = {want} "
+                                 f"for this model and batch, got {got}")
+        return T
+    T = cache.v[0].shape[2] if len(cache.v) and getattr(cache.v[0], "ndim", 0) == 4 else -1
+    for name, want, dims in (("k", (B, Hkv, D, T), "[B, Hkv, D, T]"),
+                             ("v", (B, Hkv, T, D), "[B, Hkv, T, D]")):
+        got = [tuple(getattr(a, "shape", ())) for a in getattr(cache, name)]
+        if got != [want] * L:
+            raise ValueError(f"cache.{name} must be {L} layers of shape {dims} = {want} "
+                             f"for this model and batch, got {got}")
+    return T
 
 
 def _check_info(info, shape, name) -> None:

@@ -59,7 +59,7 @@ def value_model_from_policy(policy: Transformer) -> ValueModel:
     return nnx.merge(graphdef, state)
 
 
-def value_forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mask_info: MaskInfo,
+def value_forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mask_info: Optional[MaskInfo],
                   cache: Optional[KVCache] = None, *, dense_mask: Optional[jax.Array] = None) -> jax.Array:
     """Pure value pass: same inputs and mask semantics as
     :func:`tracerl_jax.models.forward` (the cache, if any, is only read).
@@ -67,15 +67,17 @@ def value_forward(graphdef, params, tokens: jax.Array, positions: jax.Array, mas
     Args:
       graphdef, params: from ``split_model(value_model)``.
       tokens, positions: int ``[B, Q]``.
-      mask_info: ``MaskInfo`` of the queries, fields ``[B, Q]``.
-      cache: optional read-only ``KVCache``.
+      mask_info: ``MaskInfo`` of the queries, fields ``[B, Q]`` (None with a
+        ``dense_mask``).
+      cache: optional read-only ``KVCache`` in the model's layout.
       dense_mask: optional bool ``[B, 1|H, Q, K]`` overriding the predicate.
 
     Returns:
       float32 ``[B, Q]`` values read from the final-norm hidden states.
     """
     validate_inputs(_config_of(graphdef, params), tokens, positions, mask_info, cache, False, dense_mask)
-    return _value_jit(graphdef, params, tokens, positions, MaskInfo(*mask_info), cache, dense_mask)
+    return _value_jit(graphdef, params, tokens, positions, None if mask_info is None else MaskInfo(*mask_info),
+                      cache, dense_mask)
 
 
 def _value_impl(graphdef, params, tokens, positions, mask_info, cache, dense_mask):
