@@ -55,6 +55,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tracerl_jax import evaluation, rl  # noqa: E402
+from tracerl_jax.rl import pipeline  # noqa: E402
+from tracerl_jax.scoring import trajectory_logprobs  # noqa: E402
 from tracerl_jax.baselines import semi_ar_sft_rows  # noqa: E402
 from tracerl_jax.families import RowSettings, get_family  # noqa: E402
 from tracerl_jax.rows import SequenceLayout  # noqa: E402
@@ -66,7 +68,7 @@ from tracerl_jax.tasks import get_task  # noqa: E402
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from tracerl_jax.train.step import init_train_state, to_microbatches  # noqa: E402
-from tracerl_jax.train.steps import FULL_ATTENTION_REF, batch_scalars, make_policy_step, make_sft_step, old_logprobs  # noqa: E402
+from tracerl_jax.train.steps import FULL_ATTENTION_REF, batch_scalars, make_policy_step, make_sft_step  # noqa: E402
 
 PROMPT_LEN, GEN, BLOCK = 16, 32, 4
 KNOBS = dict(digits=2, operands=2, ops="+-")
@@ -168,6 +170,7 @@ def stage_rl(args, tok, task, out):
     opt = make_optimizer(OptimizerConfig(learning_rate=args.rl_lr))
     policy_step = make_policy_step(graphdef, opt, FULL_ATTENTION_REF)
     state = init_train_state(params, opt)
+    score = pipeline.make_batch_scorer(trajectory_logprobs, graphdef)
     verify = evaluation.default_verifier(train[:1])
     rng = np.random.default_rng(3)
     history, t0 = [], time.perf_counter()
@@ -176,19 +179,19 @@ def stage_rl(args, tok, task, out):
         batch = rl.rollout_and_reward(rollout, state.params, tok, exs, k=args.k, prompt_len=PROMPT_LEN,
                                       rng=jax.random.key(step), score_fn=verify, group_filter="constant")
         settings = RowSettings(mask_id=tok.mask_id, pad_id=tok.pad_id, block_size=BLOCK, shrink=args.shrink, post_num=0)
-        rows, _ = rl.build_policy_rows("TraceRL", batch, family=get_family("llada"), settings=settings,
-                                       key=jax.random.key(step))
-        packed, _, nb = rl.pack_rows(rows, args.batch_rows)
-        rec = {"step": step, "reward": float(batch.scores.mean()), "rows": int(np.asarray(rows.row_valid).sum())}
-        if nb:
-            sl = lambda a: a[:nb * args.batch_rows]
-            packed = jax.tree.map(sl, packed)
-            logp_old = np.concatenate([np.asarray(old_logprobs(graphdef, state.params,
-                                                               rl.slice_rows(packed, i, args.batch_rows), 16))
-                                       for i in range(nb)])
-            adv = batch.advantages[packed.response_index]
-            for b in rl.update_batches(packed, nb, args.batch_rows, 1, GEN, logp_old=logp_old, advantages=adv):
-                state, m = policy_step(state, b, args.rl_lr)
+        family = get_family("llada")
+        rows, completion = rl.build_policy_rows("TraceRL", batch, family=family, settings=settings,
+                                                key=jax.random.key(step))
+        batches = pipeline.pack(rows, batch_rows=args.batch_rows, grad_accum=1)
+        rec = {"step": step, "reward": float(batch.scores.mean()), "rows": batches.num_valid}
+        if batches.count:
+            logp_old = score(state.params, batches)
+            step_ids, trainable = rl.response_targets(batch, completion, family=family, settings=settings)
+            adv, _ = pipeline.batch_advantages("group", batches, rewards=batch.advantages,
+                                               step_ids=step_ids, trainable=trainable)
+            for i in range(batches.count):
+                state, m = policy_step(state, pipeline.take_batch(batches, i, GEN, logp_old=logp_old,
+                                                                  advantages=adv), args.rl_lr)
             rec["loss"] = float(m["loss"])
         rec["seconds"] = time.perf_counter() - t0
         if step % args.eval_every == 0 or step == args.rl_steps:

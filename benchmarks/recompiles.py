@@ -6,15 +6,16 @@ rows survive the group filter) would recompile every iteration. The library
 buckets everything to static shapes (DESIGN.md principle 4); this script
 counts what actually compiles.
 
-What runs: the stages of ``tracerl_jax.rl`` wired as ``examples/tracerl.py``
-wires them (single process, default device, no checkpoints or evaluation):
-rollout with the jitted block sampler on ``P`` prompts x ``k`` responses
+What runs: the shipped RL iteration, ``tracerl_jax.rl.rl_step``, on a run
+built by ``tracerl_jax.rl.build_run`` from the CPU recipe (configs/tracerl.py)
+exactly as ``examples/tracerl.py`` runs it (single process, no checkpoints or
+evaluation): rollout with the jitted block sampler on ``P`` prompts x ``k`` responses
 (prompts of arithmetic with 1-3 digit operands and 2-3 operands, left-padded to one
 bucket; responses ending at EOS, ragged),
 rewards and group z-scores with the task verifier and the ``constant`` group
 filter (so the number of surviving rows changes every iteration), TraceRL
-rows, packing into fixed-size update batches, old log-probs and the policy
-updates. The default model is the shipped ``arith_sft`` checkpoint (the
+rows, packing into fixed-size update batches on device, old log-probs, advantages and
+the policy updates. The default model is the shipped ``arith_sft`` checkpoint (the
 ``small`` preset after SFT) on the arithmetic task with the CPU recipe's
 settings, so prompts, responses and row counts are as ragged as in a real
 run. ``--model random:tiny`` runs a random model whose rollouts emit EOS with
@@ -41,7 +42,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,17 +51,10 @@ import numpy as np  # noqa: E402
 from tracerl_jax import rl  # noqa: E402
 from tracerl_jax.data import ExampleIterator  # noqa: E402
 from tracerl_jax.diagnostics import CompileCounter  # noqa: E402
-from tracerl_jax.evaluation import default_verifier  # noqa: E402
-from tracerl_jax.families import RowSettings, get_family  # noqa: E402
-from tracerl_jax.models import (cache_init_fn, get_preset, init_model, load_hf_checkpoint,  # noqa: E402
-                                sampler_forward_fn, shipped_checkpoint, split_model)
-from tracerl_jax.sampling import BlockSamplerConfig, make_block_sampler  # noqa: E402
-from tracerl_jax.scoring import trajectory_logprobs  # noqa: E402
+from tracerl_jax.families import get_family  # noqa: E402
+from tracerl_jax.models import cache_init_fn, sampler_forward_fn  # noqa: E402
+from tracerl_jax.sampling import make_block_sampler  # noqa: E402
 from tracerl_jax.tasks import get_task  # noqa: E402
-from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
-from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
-from tracerl_jax.train.step import init_train_state, to_microbatches  # noqa: E402
-from tracerl_jax.train.steps import PolicyLossConfig, make_policy_step  # noqa: E402
 
 import _common as common  # noqa: E402
 
@@ -132,79 +125,65 @@ def _with_eos_rate(forward_fn, eos_id: int, rate: float):
     return fn
 
 
+class RecordingSampler:
+    """Wraps a run's sampler to record the raggedness it saw (prompt token counts, response lengths)."""
+
+    def __init__(self, sample_fn):
+        self.sample_fn, self.prompt_tokens, self.lengths = sample_fn, set(), []
+
+    def __call__(self, params, prompts, prompt_valid, rng=None, row_keys=None):
+        out = self.sample_fn(params, prompts, prompt_valid, rng=rng, row_keys=row_keys)
+        self.prompt_tokens |= {int(v) for v in np.asarray(prompt_valid).sum(1)}
+        self.lengths.extend(int(x) for x in np.asarray(out.lengths))
+        return out
+
+
 def build(model: str, *, num_prompts: int, k: int, prompt_len: int, gen_length: int, block_size: int,
-          batch_rows: int, grad_accum: int, lr: float, seed: int, eos_rate: float = 0.05):
-    """Everything an RL iteration needs (a plain namespace, as ``examples/_rl_setup.build`` makes).
+          batch_rows: int, grad_accum: int, lr: float, seed: int, eos_rate: float = 0.05, workdir: str = ""):
+    """The run of ``tracerl_jax.rl.build_run`` for the CPU recipe with these settings.
 
     ``model``: ``shipped:<name>`` or ``random:<preset>``; a random model's
-    rollouts emit EOS with probability ``eos_rate`` per token.
+    rollouts emit EOS with probability ``eos_rate`` per token, and its
+    reward is the parity of the response length.
     """
-    tok = load_tokenizer("tasks")
-    if model.startswith("random:"):
-        mcfg = get_preset(model.split(":", 1)[1]).replace(
-            vocab_size=tok.vocab_size, mask_token_id=tok.mask_id, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
-        graphdef, params = split_model(init_model(mcfg, seed=seed))
-        forward_fn = _with_eos_rate(sampler_forward_fn(graphdef), tok.eos_id, eos_rate)
-    else:
-        mcfg, m = load_hf_checkpoint(shipped_checkpoint(model.split(":", 1)[1]))
-        graphdef, params = split_model(m)
-        forward_fn = sampler_forward_fn(graphdef)
-    # Ragged prompts: a mixture of operand sizes and counts (prompt lengths 11 to 19 tokens in one bucket).
-    train = [ex for d in (1, 2, 3) for o in (2, 3)
-             for ex in get_task("arithmetic", digits=d, operands=o, ops="+-").generate("train", 150, seed=seed)]
+    import tempfile
+
+    from configs import tracerl as recipe
+
+    cfg = recipe.get_config()
+    cfg.seed, cfg.model.init, cfg.prompt_len = seed, model, prompt_len
+    cfg.workdir = workdir or tempfile.mkdtemp(prefix="recompiles_")
+    cfg.rollout.update(num_prompts=num_prompts, k=k, gen_length=gen_length, block_size=block_size)
+    cfg.rl.update(batch_rows=batch_rows, grad_accum=grad_accum, learning_rate=lr, total_steps=10 ** 6)
+    cfg.task.num_eval = 0
     # A random model never solves anything (every group would be filtered out): reward it by length
     # parity instead, so groups, rows and update counts vary from iteration to iteration.
-    score_fn = (default_verifier(train[:1]) if not model.startswith("random:")
-                else lambda texts, exs, lengths: (np.asarray(lengths) % 2).astype(np.float32))
-    scfg = BlockSamplerConfig(gen_length=gen_length, mask_id=tok.mask_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                              block_size=block_size, steps_per_block=4, strategy="low_confidence_dynamic",
-                              threshold=0.9, temperature=1.0)
-    sample_fn = make_block_sampler(forward_fn, cache_init_fn(mcfg), scfg,
-                                   vocab_size=mcfg.vocab_size, max_positions=mcfg.max_position_embeddings)
-    opt = make_optimizer(OptimizerConfig(learning_rate=lr))
-    policy_step = make_policy_step(graphdef, opt, PolicyLossConfig(eps=0.2, beta=0.01))
-    old_logprobs = jax.jit(lambda p, r: jax.lax.map(lambda x: trajectory_logprobs(graphdef, p, x), r))
-    return SimpleNamespace(
-        tok=tok, mcfg=mcfg, graphdef=graphdef, state=init_train_state(params, opt), sample_fn=sample_fn,
-        policy_step=policy_step, old_logprobs=old_logprobs, train=train, score_fn=score_fn,
-        data=ExampleIterator(num_examples=len(train), batch_size=num_prompts, seed=seed),
-        key=jax.random.key(seed), k=k, prompt_len=prompt_len, gen_length=gen_length, block_size=block_size,
-        batch_rows=batch_rows, grad_accum=grad_accum, lr=lr)
+    score_fn = None if not model.startswith("random:") else (
+        lambda texts, exs, lengths: (np.asarray(lengths) % 2).astype(np.float32))
+    run = rl.build_run(cfg, score_fn=score_fn)
+    if model.startswith("random:"):
+        family = get_family(run.model_config.family)
+        scfg = family.sampler_config(dict(cfg.rollout.to_dict()), run.tokenizer, block_size=block_size,
+                                     gen_length=gen_length)
+        forward_fn = _with_eos_rate(sampler_forward_fn(run.policy.graphdef), run.tokenizer.eos_id, eos_rate)
+        run.sample_fn = rl.global_sampler(make_block_sampler(forward_fn, cache_init_fn(run.model_config), scfg),
+                                          run.mesh)
+    # Ragged prompts: a mixture of operand sizes and counts (prompt lengths 11 to 19 tokens in one bucket).
+    run.train = [ex for d in (1, 2, 3) for o in (2, 3)
+                 for ex in get_task("arithmetic", digits=d, operands=o, ops="+-").generate("train", 150, seed=seed)]
+    run.data = ExampleIterator(num_examples=len(run.train), batch_size=num_prompts, seed=seed)
+    run.sample_fn = RecordingSampler(run.sample_fn)
+    return run
 
 
 def rl_iteration(run, step: int) -> dict:
-    """One TraceRL iteration from the library's stages (as ``examples/tracerl.py``'s ``rl_step``)."""
-    key = jax.random.fold_in(run.key, step)
-    examples = [run.train[i] for i in next(run.data)]
-    batch = rl.rollout_and_reward(run.sample_fn, run.state.params, run.tok, examples, k=run.k,
-                                  prompt_len=run.prompt_len, score_fn=run.score_fn,
-                                  row_keys=rl.response_keys(jax.random.fold_in(key, 0), len(examples), run.k),
-                                  group_filter="constant")
-    settings = RowSettings(mask_id=run.tok.mask_id, pad_id=run.tok.pad_id, block_size=run.block_size)
-    family = get_family(run.mcfg.family)
-    rows, completion = rl.build_policy_rows("TraceRL", batch, family=family, settings=settings,
-                                            key=jax.random.fold_in(key, 1))
-    rows, _, num_batches = rl.pack_rows(rows, run.batch_rows)
-    lengths = np.asarray(batch.rollout.lengths)
-    L1_ref = float(max(int(lengths.max()), 1))
-    out = dict(rl.rollout_metrics(batch), rows=int(np.asarray(rows.row_valid).sum()), num_batches=num_batches,
-               prompt_tokens=sorted({int(v) for v in np.asarray(batch.prompt_valid).sum(1)}),
-               response_lengths=[int(lengths.min()), int(lengths.max())])
-    if num_batches == 0:
-        return out
-    logp_old = np.zeros(rows.p_mask.shape[:1] + (run.gen_length,), np.float32)
-    for i in range(num_batches):
-        chunk = to_microbatches(rl.slice_rows(rows, i, run.batch_rows), run.grad_accum)
-        logp_old[i * run.batch_rows:(i + 1) * run.batch_rows] = np.asarray(
-            run.old_logprobs(run.state.params, jax.tree.map(np.asarray, chunk))).reshape(run.batch_rows, -1)
-    inputs = rl.advantage_inputs(rows, batch, completion, family=family, settings=settings)
-    adv, _ = rl.compute_advantages("group", inputs)
-    for b in rl.update_batches(rows, num_batches, run.batch_rows, run.grad_accum, L1_ref, logp_old=logp_old,
-                               advantages=adv):
-        run.state, m = run.policy_step(run.state, b, run.lr)
-    jax.block_until_ready(run.state)
-    out["loss"] = float(m["loss"])
-    return out
+    """One shipped TraceRL iteration (``tracerl_jax.rl.rl_step``) and the raggedness its rollout had."""
+    rec = run.sample_fn
+    rec.prompt_tokens, rec.lengths = set(), []
+    out = rl.rl_step(run, step)
+    jax.block_until_ready(run.policy.state)
+    return dict(out, num_batches=int(out.get("updates", 0)), prompt_tokens=sorted(rec.prompt_tokens),
+                response_lengths=[min(rec.lengths), max(rec.lengths)])
 
 
 def count_iterations(run, first: int, n: int) -> list[dict]:

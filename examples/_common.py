@@ -33,7 +33,7 @@ CONFIG_DIR = REPO_ROOT / "configs"
 # ModelConfig fields that a config's ``model`` section may override (None = keep the preset's).
 MODEL_OVERRIDES = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                    "max_position_embeddings", "tie_word_embeddings", "dtype", "param_dtype", "remat",
-                   "attention_impl")
+                   "attention_impl", "scan_layers")
 
 def config_help(path: Path, variant: Optional[str] = None) -> str:
     """Every field of a config file as ``--config.<field>=<default>  <its comment>`` lines (for ``--help``).
@@ -64,7 +64,8 @@ def config_help(path: Path, variant: Optional[str] = None) -> str:
     rows = [(f"--config.{k}={v!r}", comments.get(k, "")) for k, v in flat(config.to_dict())]
     width = max(len(a) for a, _ in rows)
     lines = [f"  {a:<{width}}  {c}".rstrip() for a, c in rows]
-    return (f"\nConfig fields (defaults of {path.relative_to(REPO_ROOT)}; other recipes set the same fields; "
+    where = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path.name
+    return (f"\nConfig fields (defaults of {where}; other recipes set the same fields; "
             "override any with --config.<field>=<value>):\n\n" + "\n".join(lines) + "\n")
 
 

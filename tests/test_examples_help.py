@@ -12,17 +12,20 @@ sys.path.insert(0, str(ROOT / "examples"))
 import _common  # noqa: E402
 
 
+RECIPE = ROOT / "tracerl_jax" / "rl" / "recipe.py"
+
+
 @pytest.mark.parametrize("config,fields", [
-    ("tracerl.py", ["--config.rl.method='TraceRL'", "--config.rl.loss='ppo_clip'", "--config.rollout.block_size=4"]),
+    (RECIPE, ["--config.rl.method='TraceRL'", "--config.rl.loss='ppo_clip'", "--config.rollout.block_size=4"]),
     ("sft.py", ["--config.sft.method=", "--config.block_size="]),
     ("evaluate.py", ["--config.checkpoint=", "--config.sampler.strategy="]),
     ("sample.py", ["--config.checkpoint=", "--config.sampler.temperature="]),
 ])
 def test_config_help_lists_every_field_with_its_comment(config, fields):
-    text = _common.config_help(_common.CONFIG_DIR / config)
+    text = _common.config_help(_common.CONFIG_DIR / config if isinstance(config, str) else config)
     for f in fields:
         assert f in text, f
-    assert "rows per optimizer update" in _common.config_help(_common.CONFIG_DIR / "tracerl.py")  # a field comment
+    assert "rows per optimizer update" in _common.config_help(RECIPE)  # a field comment
 
 
 def test_help_of_an_example_prints_the_config_fields():

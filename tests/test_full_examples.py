@@ -64,8 +64,8 @@ def _parse(script: str, config_file: Path, args) -> ml_collections.ConfigDict:
 
 def run_rl(root: str) -> None:
     """Every RL recipe on ``random:tiny-<family>``, both families (in a subprocess): ``<root>/results.json``."""
-    from examples import _rl_setup as setup
     from examples import tracerl
+    from tracerl_jax.rl import specs
     from tests.test_rl_example import digit_reward
 
     out = {}
@@ -75,7 +75,7 @@ def run_rl(root: str) -> None:
                          [*RL_ARGS, f"--config.workdir={root}/{family}/{name}",
                           f"--config.model.init=random:tiny-{family}", f"--config.rl.method={method}",
                           f"--config.value.enabled={value}"])
-            out[f"{family}/{name}"] = {"family": setup.policy_family(cfg),
+            out[f"{family}/{name}"] = {"family": specs.policy_family(cfg.model.init),
                                        "summary": tracerl.train(cfg, score_fn=digit_reward)}
     Path(root, "results.json").write_text(json.dumps(out))
 
@@ -248,7 +248,8 @@ def test_sample_prints_full_attention_trajectories(family, capsys):
 def test_rl_config_rejects_settings_of_the_other_family(tmp_path):
     from configs import tracerl as recipe
     from configs import tracerl_full
-    from examples import _rl_setup as setup
+    from tracerl_jax.rl import config as setup
+    from tracerl_jax.rl import specs
 
     def cfg(**changes):
         c = recipe.get_config()
@@ -277,16 +278,16 @@ def test_rl_config_rejects_settings_of_the_other_family(tmp_path):
         tracerl_full.get_config("mmada")
     missing = cfg(model__init=str(tmp_path / "no_sft_yet"))
     with pytest.raises(ValueError, match=r"model.init=.* is not a directory"):
-        setup.policy_family(missing)
-    assert setup.policy_family(cfg(model__init="random:small-dream")) == "dream"
-    assert setup.policy_family(cfg()) == "sdar"   # shipped:arith_sft
+        specs.policy_family(missing.model.init)
+    assert specs.policy_family(cfg(model__init="random:small-dream").model.init) == "dream"
+    assert specs.policy_family(cfg().model.init) == "sdar"   # shipped:arith_sft
     full = tracerl_full.get_config("dream")
     assert full.model.init == "runs/sft_dream/export" and full.rollout.strategy == "low_confidence_static"
 
 
 def test_full_attention_policy_loss_is_the_reference_one():
     from configs import tracerl as recipe
-    from examples import _rl_setup as setup
+    from tracerl_jax.rl import config as setup
     from tracerl_jax.train.steps import FULL_ATTENTION_REF, PolicyLossConfig
 
     c = recipe.get_config()

@@ -14,12 +14,14 @@ from tracerl_jax import rl
 from tracerl_jax.families import RowSettings, get_family
 from tracerl_jax.models import full_sampler_forward_fn, get_preset, init_model, split_model, value_model_from_policy
 from tracerl_jax.sampling import FullSamplerConfig, make_full_sampler
+from tracerl_jax.rl import pipeline
 from tracerl_jax.rows import response_mask
+from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
 from tracerl_jax.tasks import get_task
 from tracerl_jax.tokenizers import load_tokenizer
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer
 from tracerl_jax.train.step import init_train_state
-from tracerl_jax.train.steps import FULL_ATTENTION_REF, make_policy_step, make_value_step, old_logprobs, old_values
+from tracerl_jax.train.steps import FULL_ATTENTION_REF, make_policy_step, make_value_step, old_logprobs
 
 BATCH_ROWS, GA = 8, 2
 DREAM = get_family("dream")
@@ -59,18 +61,22 @@ def test_policy_iteration(setup, policy_step, method):
     tok, mcfg, _, graphdef, params, batch = setup
     rows, completion = rl.build_policy_rows(method, batch, family=DREAM, settings=settings(tok, num_draws=2),
                                             key=jax.random.key(1))
-    packed, _, nb = rl.pack_rows(rows, BATCH_ROWS)
-    assert nb >= 1 and packed.p_mask.shape[1] == 8
-    logp_old = np.concatenate([np.asarray(old_logprobs(graphdef, params, rl.slice_rows(packed, i, BATCH_ROWS), 4))
-                               for i in range(nb)])
-    adv = batch.advantages[packed.response_index[:nb * BATCH_ROWS]]
+    batches = pipeline.pack(rows, batch_rows=BATCH_ROWS, grad_accum=GA)
+    assert batches.count >= 1 and batches.rows.p_mask.shape[1:] == (GA, BATCH_ROWS // GA, 8)
+    logp_old = pipeline.make_batch_scorer(trajectory_logprobs, graphdef)(params, batches)
+    # Old log-probs of the live batches are the per-row ones; the empty batches are skipped (zeros).
+    flat = jax.tree.map(lambda x: x[:batches.count].reshape(-1, *x.shape[3:]), batches.rows)
+    np.testing.assert_allclose(np.asarray(logp_old[:batches.count]).reshape(flat.p_mask.shape),
+                               old_logprobs(graphdef, params, flat, 4), rtol=1e-6, atol=1e-6)
+    assert not np.asarray(logp_old[batches.count:]).any()
+    step_ids, trainable = rl.response_targets(batch, completion, family=DREAM, settings=settings(tok))
+    adv, _ = pipeline.batch_advantages("group", batches, rewards=batch.advantages, step_ids=step_ids,
+                                       trainable=trainable)
     opt, step = policy_step
     state = init_train_state(params, opt)
-    sl = lambda a: a[:nb * BATCH_ROWS]
     first = None
-    for b in rl.update_batches(jax.tree.map(sl, packed), nb, BATCH_ROWS, GA, 8.0, logp_old=logp_old,
-                               advantages=adv):
-        state, m = step(state, b, 1e-3)
+    for i in range(batches.count):
+        state, m = step(state, pipeline.take_batch(batches, i, 8.0, logp_old=logp_old, advantages=adv), 1e-3)
         first = m if first is None else first
         assert np.isfinite(float(m["loss"])) and float(m["skipped"]) == 0.0
     # The first update sees the rollout weights: every ratio is 1 (§6.1).
@@ -86,15 +92,23 @@ def test_value_path(setup):
     tok, mcfg, model, graphdef, params, batch = setup
     rows, completion = rl.build_policy_rows("TraceRL", batch, family=DREAM, settings=settings(tok),
                                             key=jax.random.key(1))
-    packed, _, nb = rl.pack_rows(rows, BATCH_ROWS)
+    batches = pipeline.pack(rows, batch_rows=BATCH_ROWS, grad_accum=GA)
     vgraph, vparams = split_model(value_model_from_policy(model))
     # A non-zero value head, so the gathered old values are not all 0.
     kernel = vparams["value_head"]["kernel"]
     vparams["value_head"]["kernel"] = jnp.asarray(np.random.default_rng(0).normal(0, 0.5, kernel.shape), kernel.dtype)
-    vals = np.concatenate([np.asarray(old_values(vgraph, vparams, rl.slice_rows(packed, i, BATCH_ROWS), 4))
-                           for i in range(packed.row_valid.shape[0] // BATCH_ROWS)])
-    inputs = rl.advantage_inputs(packed, batch, completion, family=DREAM, settings=settings(tok), old_values=vals)
-    A, R = rl.compute_advantages("step_gae", inputs, gamma=1.0, lam=1.0)
+    vals = pipeline.make_batch_scorer(trajectory_values, vgraph)(vparams, batches)
+    step_ids, trainable = rl.response_targets(batch, completion, family=DREAM, settings=settings(tok))
+    A, R = pipeline.batch_advantages("step_gae", batches, rewards=batch.advantages, step_ids=step_ids,
+                                     trainable=trainable, old_values=vals, gamma=1.0, lam=1.0)
+    # The same through the flat-rows stages.
+    packed = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[3:]), batches.rows)
+    flat_vals = np.asarray(vals).reshape(packed.p_mask.shape)
+    inputs = rl.advantage_inputs(packed, batch, completion, family=DREAM, settings=settings(tok), old_values=flat_vals)
+    A_flat, R_flat = rl.compute_advantages("step_gae", inputs, gamma=1.0, lam=1.0)
+    A, R, vals = (np.asarray(x).reshape(packed.p_mask.shape) for x in (A, R, vals))
+    np.testing.assert_allclose(A, A_flat, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(R, R_flat, rtol=1e-6, atol=1e-7)
     keep = np.asarray(packed.p_mask & packed.row_valid[:, None])
     # γ = λ = 1: every trainable token's return is its response's z-score and A = R - V (§8.5).
     z = batch.advantages[packed.response_index][:, None]
@@ -105,9 +119,10 @@ def test_value_path(setup):
     opt = make_optimizer(OptimizerConfig(learning_rate=1e-3))
     vstep = make_value_step(vgraph, opt, clip=0.2, normalizer="row_tokens")
     vstate = init_train_state(vparams, opt)
-    sl = lambda a: a[:nb * BATCH_ROWS]
-    for b in rl.update_batches(jax.tree.map(sl, packed), nb, BATCH_ROWS, GA, 8.0, old_values=sl(vals),
-                               returns=sl(R)):
+    shape = batches.rows.p_mask.shape
+    for i in range(batches.count):
+        b = pipeline.take_batch(batches, i, 8.0, old_values=jnp.asarray(vals).reshape(shape),
+                                returns=jnp.asarray(R).reshape(shape))
         vstate, m = vstep(vstate, b, 1e-3)
         assert np.isfinite(float(m["loss"]))
 

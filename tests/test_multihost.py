@@ -4,8 +4,11 @@ The same global batch (4 prompts x 2 responses) is trained for 2 RL steps by
 
 * one process with one CPU device (the reference),
 * two processes with one CPU device each (each rolls out 2 prompts; the
-  updates run on a mesh over both processes' devices),
-* one process with two CPU devices (rollouts split over the local devices).
+  rollouts and updates run on a data-parallel mesh over both processes' devices),
+* two processes with two CPU devices each, mesh ``(data 1, fsdp 2, tensor 2)``:
+  parameters, optimizer states and rollouts FSDP- and tensor-sharded across
+  the processes,
+* one process with two CPU devices.
 
 What must match, and why:
 
@@ -57,7 +60,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(env, workdir, num_processes: int, *, local_devices: int = 1):
+def run_processes(env, workdir, num_processes: int, *, local_devices: int = 1, extra=()):
     """Runs the example as ``num_processes`` processes sharing ``workdir``; returns their outputs."""
     env = dict(env)
     env.pop("XLA_FLAGS", None)
@@ -67,7 +70,7 @@ def run_processes(env, workdir, num_processes: int, *, local_devices: int = 1):
     if num_processes > 1:
         port = free_port()
         dist = [f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}"]
-    procs = [subprocess.Popen(command(workdir, *ARGS, *dist, *([f"--process_id={i}"] if dist else [])),
+    procs = [subprocess.Popen(command(workdir, *ARGS, *extra, *dist, *([f"--process_id={i}"] if dist else [])),
                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(num_processes)]
     try:
@@ -106,12 +109,14 @@ def policy_params(workdir, step):
 def initial_params():
     """The random:tiny initialisation both runs start from."""
     from configs import tracerl as recipe
-    from examples import _rl_setup as setup
+    from tracerl_jax.models import split_model
+    from tracerl_jax.rl import config, specs
+    from tracerl_jax.tokenizers import load_tokenizer
 
     cfg = recipe.get_config()
-    cfg.model.init = "random:tiny"
-    _, model = setup.load_policy(cfg, setup.load_tokenizer(cfg.tokenizer))
-    return jax.tree.map(np.asarray, setup.split_model(model)[1])
+    _, model = specs.load_policy("random:tiny", load_tokenizer(cfg.tokenizer), seed=cfg.seed,
+                                 **config.model_settings(cfg))
+    return jax.tree.map(np.asarray, split_model(model)[1])
 
 
 def assert_same_training(workdir, reference):
@@ -145,6 +150,14 @@ def test_two_processes_match_one_process(run_env, tmp_path, one_process):
     outs = run_processes(run_env, tmp_path, 2)
     assert "processes=2 devices=2" in outs[0]
     assert "held-out accuracy before:" in outs[0] and "held-out accuracy" not in outs[1]   # process 0 reports
+    assert_same_training(tmp_path, one_process)
+
+
+def test_fsdp_and_tensor_parallel_over_two_processes_match_one_process(run_env, tmp_path, one_process):
+    # mesh (data 1, fsdp 2, tensor 2) over 2 processes x 2 devices: parameters, optimizer state and rollouts
+    # are sharded across the processes (no process holds a full replica).
+    outs = run_processes(run_env, tmp_path, 2, local_devices=2, extra=("--config.mesh=(1,2,2)",))
+    assert "processes=2 devices=4 mesh={'data': 1, 'fsdp': 2, 'tensor': 2}" in outs[0]
     assert_same_training(tmp_path, one_process)
 
 

@@ -97,6 +97,6 @@ def test_notebook_runs(tmp_path, monkeypatch):
     assert all(math.isfinite(r) and 0.0 <= r <= 1.0 for r in rewards)
 
     # The policy update really ran (GROUP_FILTER="none" keeps every group).
-    rl_text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" and "tracerl_step(" in c.source
+    rl_text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" and "rl.rl_step(" in c.source
                       for o in c.outputs if o.output_type == "stream")
     assert rl_text.count("RL step") == RL_STEPS and "updates 0" not in rl_text

@@ -223,7 +223,8 @@ def test_sigterm_checkpoints_the_current_step_and_resumes_bit_exact(run_env, tmp
 
 def test_bad_config_is_a_clear_value_error():
     from configs import tracerl as recipe
-    from examples import _rl_setup as setup
+    from tracerl_jax.rl import config as setup
+    from tracerl_jax.rl import distributed, specs
 
     def cfg(**changes):
         c = recipe.get_config()
@@ -235,7 +236,7 @@ def test_bad_config_is_a_clear_value_error():
     setup.check_config(cfg(), process_count=2, device_count=2)
     with pytest.raises(ValueError, match=r"rollout.num_prompts=15 must be divisible by the number of processes"):
         setup.check_config(cfg(rollout__num_prompts=15), process_count=2)
-    with pytest.raises(ValueError, match=r"micro-batch of .* = 32 rows must be divisible by the number of devices"):
+    with pytest.raises(ValueError, match=r"micro-batch of .* = 32 rows must be divisible by the mesh's data x fsdp"):
         setup.check_config(cfg(), device_count=3)
     with pytest.raises(ValueError, match="rl.batch_rows=64 must be divisible by rl.grad_accum=3"):
         setup.check_config(cfg(rl__grad_accum=3))
@@ -248,16 +249,16 @@ def test_bad_config_is_a_clear_value_error():
     with pytest.raises(ValueError, match="value model supports rl.method='TraceRL' only"):
         setup.check_config(cfg(rl__method="coupled", value__enabled=True))
     with pytest.raises(ValueError, match="needs all of coordinator_address, num_processes and process_id"):
-        setup.init_distributed("localhost:1234", None, 0)
+        distributed.init_distributed("localhost:1234", None, 0)
     with pytest.raises(ValueError, match=r"process_id must be in \[0, num_processes=2\)"):
-        setup.init_distributed("localhost:1234", 2, 2)
+        distributed.init_distributed("localhost:1234", 2, 2)
     with pytest.raises(ValueError, match="coordinator_address must be 'host:port'"):
-        setup.init_distributed("localhost", 2, 0)
+        distributed.init_distributed("localhost", 2, 0)
     with pytest.raises(ValueError, match="reward must be 'package.module:function'"):
-        setup.load_scorer("digit_reward")
+        specs.load_scorer("digit_reward")
     with pytest.raises(ValueError, match="cannot load reward"):
-        setup.load_scorer("tests.test_rl_example:no_such_reward")
-    assert setup.load_scorer("tests.test_rl_example:digit_reward") is digit_reward
+        specs.load_scorer("tests.test_rl_example:no_such_reward")
+    assert specs.load_scorer("tests.test_rl_example:digit_reward") is digit_reward
 
 
 @pytest.mark.parametrize("recipe_name", ["trado_4b", "trado_4b_value", "trado_8b"])
@@ -267,7 +268,7 @@ def test_accelerator_recipes_split_over_any_device_count(recipe_name, devices):
     # batch_rows would leave 1-row micro-batches that cannot split over 8 devices.
     import importlib
 
-    from examples import _rl_setup as setup
+    from tracerl_jax.rl import config as setup
 
     c = importlib.import_module(f"configs.{recipe_name}").get_config()
     setup.resolve_batch_rows(c, devices)
@@ -277,7 +278,7 @@ def test_accelerator_recipes_split_over_any_device_count(recipe_name, devices):
 
 def test_batch_rows_per_device_is_checked():
     from configs import tracerl as recipe
-    from examples import _rl_setup as setup
+    from tracerl_jax.rl import config as setup
 
     c = recipe.get_config()
     setup.resolve_batch_rows(c, 4)

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracerl_jax import attention, rl
+from tracerl_jax import attention
 from tracerl_jax import rows as rows_lib
 from tracerl_jax import trajectory as tr
+from tracerl_jax.rl import pipeline
 
 PAD, MASK = 0, 99
 P1, P2 = 11, 12
@@ -161,9 +162,11 @@ def test_jit_and_helpers():
     rows = f(prompt, prompt != PAD, np.array([R + [PAD, PAD]]), np.array([[2, 1, 2, 3, 5, 4, 0, 0]]),
              np.array([6]))
     np.testing.assert_array_equal(rows.p_mask, _rows().p_mask)
-    packed, _, num_batches = rl.pack_rows(rows, 8)
-    assert num_batches == 1 and packed.p_mask.shape[0] == 8 and packed.row_valid[:3].all()
+    batches = pipeline.pack(rows, batch_rows=8, grad_accum=2)   # 4 rows -> one update of 2 micro-batches of 4
+    packed = jax.tree.map(lambda x: np.asarray(x).reshape(8, *x.shape[3:]), batches.rows)
+    assert batches.count == 1 and batches.num_valid == 3 and packed.row_valid[:3].all()
     assert not packed.row_valid[3:].any() and not packed.p_mask[3:].any()
+    np.testing.assert_array_equal(batches.num_rows, [3 / 2])
     # scatter/gather round trip over the scored tokens
     tok = np.arange(8, dtype=np.float32)[None] + 1
     scattered = rows_lib.scatter(tok, rows.scored, rows.response_index)

@@ -396,7 +396,8 @@ def sampler_forward_fn(graphdef) -> Callable:
       ``write_cache`` a Python bool and ``logits_from`` a Python int: only
       positions ``>= logits_from`` go through the vocabulary projection (the
       block sampler's fused cache write needs no logits for its clean half).
-      The function carries ``supports_logits_from = True``.
+      The function carries ``supports_logits_from = True`` and the model's
+      ``model_config`` (the samplers check special ids and lengths against it).
     """
 
     def fn(params, tokens, positions, mask_info, cache, write_cache, logits_from: int = 0):
@@ -409,6 +410,7 @@ def sampler_forward_fn(graphdef) -> Callable:
         return model.logits(hidden[:, logits_from:]), cache
 
     fn.supports_logits_from = True
+    fn.model_config = _static_config(graphdef)
     return fn
 
 
@@ -426,7 +428,7 @@ def full_sampler_forward_fn(graphdef) -> Callable:
       ``fn(params, tokens [B, Q], positions [B, Q], mask_info, cache,
       write_cache, start, length) -> (logits f32 [B, length, V], cache)``;
       ``write_cache`` and ``length`` are Python values, ``start`` may be
-      traced.
+      traced. The function carries the model's ``model_config``.
     """
     cfg = _static_config(graphdef)
     shift = bool(cfg.logits_shift) if cfg is not None else None
@@ -440,6 +442,7 @@ def full_sampler_forward_fn(graphdef) -> Callable:
         hidden = jnp.take(hidden, jnp.maximum(idx, 0), axis=1)
         return model.logits(hidden), cache
 
+    fn.model_config = cfg
     return fn
 
 

@@ -345,7 +345,7 @@ def validate_prompts(prompts, prompt_valid, cfg: BlockSamplerConfig, vocab_size:
             raise ValueError(f"prompt length {Lp} + generation {cfg.canvas_length} (= {need} after block padding) "
                              f"exceeds the model's max positions {max_positions}")
     try:
-        pv = np.asarray(prompt_valid).astype(bool)
+        pv = host_view(prompt_valid).astype(bool)
     except jax.errors.TracerArrayConversionError:
         pv = None  # traced by an outer jit: cannot inspect values
     if pv is not None:
@@ -353,6 +353,14 @@ def validate_prompts(prompts, prompt_valid, cfg: BlockSamplerConfig, vocab_size:
             raise ValueError("prompt_valid must mark a suffix of each row (prompts are left-padded)")
         if pv.shape[1] and not np.all(pv[:, -1]):
             raise ValueError("every prompt needs at least one real token (prompt_valid[:, -1] is False)")
+
+
+def host_view(x) -> np.ndarray:
+    """The values of ``x`` this process can see: all of a local array, this process's shards of a global one
+    (row-wise checks of a multi-process batch then run on each process's own rows)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.concatenate([np.asarray(s.data) for s in x.addressable_shards])
+    return np.asarray(x)
 
 
 def model_limits(forward_fn, vocab_size: Optional[int], max_positions: Optional[int]):
@@ -401,4 +409,8 @@ def make_block_sampler(forward_fn: ForwardFn, init_cache: Callable[[int, int], k
         row_keys = row_keys_for(prompts.shape[0], rng, row_keys, random=cfg.temperature != 0.0)
         return core(params, prompts.astype(jnp.int32), prompt_valid, row_keys)
 
+    # Ahead-of-time lowering of the compiled program (tracerl_jax.memory_plan): ``sample_fn.lower_core(
+    # params, prompts int32 [B, Lp], prompt_valid bool [B, Lp], row_keys [B])`` takes abstract
+    # (ShapeDtypeStruct, sharded) arguments and returns the ``jax.stages.Lowered``; nothing runs.
+    sample_fn.lower_core = core.lower
     return sample_fn

@@ -65,7 +65,7 @@ from jax import lax
 
 from tracerl_jax.attention import NEG_INF, full_info
 from tracerl_jax.sampling import remasking
-from tracerl_jax.sampling.block_sampler import Rollout, model_limits
+from tracerl_jax.sampling.block_sampler import Rollout, host_view, model_limits
 from tracerl_jax.sampling.full_schedule import (block_steps, dream_count, dream_fraction_table,
                                                 llada_quota)
 from tracerl_jax.sampling.token_sampling import filter_logits, row_keys_for
@@ -462,7 +462,7 @@ def validate_full_prompts(prompts, prompt_valid, cfg: FullSamplerConfig, vocab_s
         raise ValueError(f"prompt length {prompts.shape[1]} + gen_length {cfg.gen_length} exceeds the model's "
                          f"max positions {max_positions}")
     try:
-        pv = np.asarray(prompt_valid).astype(bool)
+        pv = host_view(prompt_valid).astype(bool)
     except jax.errors.TracerArrayConversionError:
         return  # traced by an outer jit: cannot inspect values
     if np.any(pv[:, :-1] & ~pv[:, 1:]):
@@ -507,4 +507,8 @@ def make_full_sampler(forward_fn: FullForwardFn, init_cache: Optional[Callable],
                                 what="temperature > 0, target='random' or alg_temp > 0")
         return core(params, prompts.astype(jnp.int32), prompt_valid, row_keys)
 
+    # Ahead-of-time lowering of the compiled program (tracerl_jax.memory_plan): ``sample_fn.lower_core(
+    # params, prompts int32 [B, Lp], prompt_valid bool [B, Lp], row_keys [B])`` takes abstract
+    # (ShapeDtypeStruct, sharded) arguments and returns the ``jax.stages.Lowered``; nothing runs.
+    sample_fn.lower_core = core.lower
     return sample_fn

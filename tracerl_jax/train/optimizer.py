@@ -43,6 +43,9 @@ class OptimizerConfig:
       total_updates: horizon of ``cosine``.
       b1, b2, eps, weight_decay: AdamW.
       max_grad_norm: global-norm clip (``None`` disables).
+      state_dtype: dtype of Adam's first moment (``None``: the parameters'
+        dtype). optax keeps the second moment in the parameters' dtype, so
+        float32 master weights keep a float32 ``nu`` either way.
     """
 
     learning_rate: float = 1e-6
@@ -55,6 +58,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
+    state_dtype: str | None = None
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -65,6 +69,10 @@ class OptimizerConfig:
             raise ValueError(f"min_lr_scale must be in [0, 1], got {self.min_lr_scale}")
         if self.total_updates < 1 or self.warmup < 0:
             raise ValueError("total_updates must be >= 1 and warmup >= 0")
+        if self.state_dtype is not None:
+            from tracerl_jax.models.config import canonical_dtype
+
+            object.__setattr__(self, "state_dtype", canonical_dtype(self.state_dtype, "state_dtype"))
 
 
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
@@ -74,7 +82,8 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
       An optax transformation; set the rate with :func:`set_learning_rate`.
     """
     adamw = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        learning_rate=cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+        mu_dtype=None if cfg.state_dtype is None else jnp.dtype(cfg.state_dtype))
     if cfg.max_grad_norm is None:
         return optax.chain(optax.identity(), adamw)
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)

@@ -14,18 +14,16 @@ estimator (``advantages.ADVANTAGE_ESTIMATORS``) or policy loss
 depends on it.
 
 Shapes never depend on data: rollouts use a fixed batch and prompt bucket,
-rows are built for all ``N * T`` (response, round) pairs, filtered rows are
-moved to the back by a host permutation (no compile), and updates consume
-fixed-size slices. A steady-state iteration compiles nothing new.
+rows are built for all ``N * T`` (response, round) pairs, and the update
+pipeline (:mod:`tracerl_jax.rl.pipeline`) packs them into a fixed number of
+update batches on device. A steady-state iteration compiles nothing new.
 
-Multi-host (``jax.distributed``): each process rolls out its share of the
+Multi-process (``jax.distributed``): each process rolls out its share of the
 prompts with :func:`response_keys` (keys from the *global* prompt index, so a
-response does not depend on how many processes there are), scores whole
-groups locally, then :func:`gather_rollouts` gives every process the whole
-step's rollouts. Rows, packing and update batches are then built identically
-everywhere and :func:`to_global` hands each process's devices their slice of
-every batch. Only the (cheap) row bookkeeping is repeated per process; the
-rollouts and the forward/backward passes are split.
+response does not depend on how many processes there are) and scores whole
+groups locally; :func:`globalize` then makes the step's arrays global (each
+process contributes its rows, nothing is gathered to a host), and rows,
+scores, advantages and updates are global computations over all devices.
 """
 
 from __future__ import annotations
@@ -43,20 +41,23 @@ from tracerl_jax import baselines, trajectory
 from tracerl_jax.families import Family, RowSettings
 from tracerl_jax.registry import Registry
 from tracerl_jax.rows import Rows
+from tracerl_jax.rl.distributed import allgather, rows_sharding, to_global
 from tracerl_jax.sampling.block_sampler import Rollout
 from tracerl_jax.tokenizers import encode_batch
-from tracerl_jax.train.step import to_microbatches
 
 
 @dataclasses.dataclass
 class RolloutBatch:
-    """One RL step's rollouts and rewards (host-side record).
+    """One RL step's rollouts and rewards.
+
+    A process's own batch holds host arrays (:func:`rollout_and_reward`);
+    :func:`globalize` turns its arrays into the step's global device arrays.
 
     Attributes:
       prompts: int32 ``[N, L0]`` left-padded prompts (each prompt repeated ``k`` times,
         its responses consecutive).
       prompt_valid: bool ``[N, L0]``.
-      rollout: the sampler's :class:`Rollout` (device arrays, ``[N, G]``).
+      rollout: the sampler's :class:`Rollout` (``[N, G]``).
       texts: the ``N`` decoded completions.
       scores: float32 ``[P, k]`` verifier scores.
       advantages: float32 ``[N]`` group z-scores (§7.4).
@@ -196,71 +197,54 @@ def build_policy_rows(method: str, batch: RolloutBatch, *, family: Family, setti
       key: PRNG key of random masks.
 
     Returns:
-      ``(rows, completion)``: :class:`~tracerl_jax.rows.Rows` and bool ``[N, G]``.
+      ``(rows, completion)``: :class:`~tracerl_jax.rows.Rows` and bool ``[N, G]``
+      (device arrays, global in a multi-process run).
     """
     rows = ROW_BUILDERS.get(method)(batch, family=family, settings=settings, key=key)
-    ro = batch.rollout
-    completion = np.arange(ro.tokens.shape[1])[None] < np.asarray(ro.lengths)[:, None]
     keep = jnp.asarray(batch.keep)[rows.response_index]
-    return rows._replace(row_valid=rows.row_valid & keep), completion
+    return rows._replace(row_valid=rows.row_valid & keep), completion_mask(batch)
 
 
-def pack_rows(rows: Rows, batch_rows: int) -> tuple[Rows, np.ndarray, int]:
-    """Moves valid rows to the front (stable) and pads to a multiple of ``batch_rows``.
+def completion_mask(batch: RolloutBatch) -> jax.Array:
+    """bool ``[N, G]``: the response tokens of each completion (EOS included)."""
+    ro = batch.rollout
+    return jnp.arange(ro.tokens.shape[1])[None] < jnp.asarray(ro.lengths)[:, None]
 
-    The permutation is computed on the host and applied with NumPy, so the
-    packed array has a static size ``round_up(R, batch_rows)`` and nothing
-    compiles.
 
-    Returns:
-      ``(packed rows (NumPy), order [R_pad] source row of each packed row,
-      number of update batches holding at least one valid row)``.
+def response_targets(batch: RolloutBatch, completion: jax.Array, *, family: Family,
+                     settings: RowSettings) -> tuple[jax.Array, jax.Array]:
+    """What GAE needs per response (§8.3): ``(step_ids int32 [N, L1], trainable bool [N, L1])``.
+
+    ``step_ids`` is the aligned step map shrunk per span of the family's
+    layout; ``trainable`` the completion tokens the ``post_num`` rule keeps.
     """
-    host = jax.tree.map(np.asarray, rows)
-    R = host.row_valid.shape[0]
-    R_pad = -(-R // batch_rows) * batch_rows
-    order = np.argsort(~host.row_valid, kind="stable")
-    if R_pad > R:
-        order = np.concatenate([order, np.full(R_pad - R, order[-1])])
-    packed = jax.tree.map(lambda a: a[order], host)
-    n_valid = int(host.row_valid.sum())
-    pad = np.arange(R_pad) >= n_valid
-    packed = packed._replace(row_valid=packed.row_valid & ~pad, p_mask=packed.p_mask & ~pad[:, None])
-    return packed, order, -(-n_valid // batch_rows)
-
-
-def slice_rows(rows, i: int, batch_rows: int):
-    """Rows ``[i*batch_rows, (i+1)*batch_rows)`` of a packed row set."""
-    return jax.tree.map(lambda a: a[i * batch_rows:(i + 1) * batch_rows], rows)
-
-
-def advantage_inputs(rows: Rows, batch: RolloutBatch, completion: np.ndarray, *, family: Family,
-                     settings: RowSettings, old_values: Optional[np.ndarray] = None) -> adv_lib.AdvantageInputs:
-    """What an advantage estimator needs of one RL step (§7.4, §8.2–8.3), from (packed) rows.
-
-    The terminal reward of GAE is the group z-score (Q-V3); it is placed on
-    the last trace step among the trainable completion tokens.
-
-    Args:
-      rows: the (packed) rows, ``R`` of them.
-      batch: the step's :class:`RolloutBatch` (``N`` responses).
-      completion: bool ``[N, L1]``.
-      family, settings: how the rows were built (their trace steps are per
-        span of ``family.layout(settings)``).
-      old_values: float32 ``[R, L1]`` value-model outputs of ``rows``, or None.
-
-    Returns:
-      :class:`~tracerl_jax.advantages.AdvantageInputs` (host arrays).
-    """
-    N, L1 = np.shape(completion)
-    if old_values is not None and np.shape(old_values) != np.shape(rows.p_mask):
-        raise ValueError(f"old_values must have the rows' shape {np.shape(rows.p_mask)}, got {np.shape(old_values)}")
+    L1 = completion.shape[1]
     steps = jnp.asarray(batch.rollout.step_map)[:, :L1]
     step_ids, _ = trajectory.trace_step_ids(steps, jnp.sum(steps > 0, axis=1), layout=family.layout(settings),
                                             shrink=settings.shrink)
-    response = np.where(completion, np.asarray(batch.rollout.tokens)[:, :L1], settings.pad_id)
-    trainable = jnp.asarray(completion) & trajectory.trainable_mask(jnp.asarray(response), settings.pad_id,
-                                                                    settings.post_num)
+    response = jnp.where(completion, jnp.asarray(batch.rollout.tokens)[:, :L1], settings.pad_id)
+    return step_ids, completion & trajectory.trainable_mask(response, settings.pad_id, settings.post_num)
+
+
+def advantage_inputs(rows: Rows, batch: RolloutBatch, completion: jax.Array, *, family: Family,
+                     settings: RowSettings, old_values: Optional[jax.Array] = None) -> adv_lib.AdvantageInputs:
+    """What an advantage estimator needs of one RL step (§7.4, §8.2–8.3), for rows ``[R, ...]``.
+
+    The terminal reward of GAE is the group z-score (Q-V3), placed on the
+    last trace step among the trainable completion tokens. (The RL loop uses
+    :func:`tracerl_jax.rl.pipeline.batch_advantages` on update batches; this
+    is the same for rows in any other arrangement.)
+
+    Args:
+      rows: ``R`` rows of the step's responses.
+      batch: the step's :class:`RolloutBatch` (``N`` responses).
+      completion: bool ``[N, L1]``.
+      family, settings: how the rows were built.
+      old_values: float32 ``[R, L1]`` value-model outputs of ``rows``, or None.
+    """
+    if old_values is not None and np.shape(old_values) != np.shape(rows.p_mask):
+        raise ValueError(f"old_values must have the rows' shape {np.shape(rows.p_mask)}, got {np.shape(old_values)}")
+    step_ids, trainable = response_targets(batch, jnp.asarray(completion), family=family, settings=settings)
     rows = jax.tree.map(jnp.asarray, rows)
     return adv_lib.AdvantageInputs(rows.scored, rows.response_index, jnp.asarray(batch.advantages, jnp.float32),
                                    step_ids, trainable, None if old_values is None else jnp.asarray(old_values))
@@ -282,42 +266,21 @@ def _estimate(fn, inputs, gamma, lam):
     return fn(inputs, gamma=gamma, lam=lam)
 
 
-def update_batches(rows, num_batches: int, batch_rows: int, grad_accum: int, L1_ref: float, *,
-                   place: Optional[Callable] = None, **per_row):
-    """Yields micro-batched update dicts ``{"rows", "num_rows", "L1_ref", **per_row}``.
-
-    Every batch has the same shapes (``[GA, batch_rows / GA, ...]``);
-    ``num_rows`` is the batch's valid-row count over ``GA``, so an update is
-    the mean over the rows it really holds (the reference's ``1/B`` per row,
-    with padding rows weighing nothing).
-
-    Args:
-      place: turns the host (NumPy) batch into device arrays; default
-        ``jnp.asarray`` on the default device. A sharded loop passes
-        ``lambda b: to_global(b, batch_sharding)``.
-    """
-    for i in range(num_batches):
-        sl = lambda a: a[i * batch_rows:(i + 1) * batch_rows]
-        b = {"rows": slice_rows(rows, i, batch_rows), **{k: sl(v) for k, v in per_row.items()}}
-        b = jax.tree.map(np.asarray, b)
-        nb = max(int(b["rows"].row_valid.sum()), 1)
-        b["num_rows"] = np.full((batch_rows,), nb / grad_accum, np.float32)
-        b["L1_ref"] = np.full((batch_rows,), L1_ref, np.float32)
-        b = to_microbatches(b, grad_accum)
-        yield place(b) if place is not None else jax.tree.map(jnp.asarray, b)
-
-
 def rollout_metrics(batch: RolloutBatch) -> dict:
-    """Scalar summaries of a rollout: reward, kept groups, length, tokens per forward."""
+    """Scalar summaries of a rollout over every process: reward, kept groups, length, tokens per forward.
+
+    ``batch`` is this process's (host) batch; sums and counts are added up
+    over processes, so the numbers do not depend on how many there are.
+    """
     ro = batch.rollout
-    lengths = np.asarray(ro.lengths)
+    lengths = np.asarray(ro.lengths, np.float64)
     steps = np.maximum(np.asarray(ro.num_steps), 1)
-    return {
-        "reward": float(batch.scores.mean()),
-        "kept_groups": float(batch.keep.reshape(batch.scores.shape)[:, 0].mean()),
-        "response_length": float(lengths.mean()),
-        "tokens_per_forward": float((lengths / steps).mean()),
-    }
+    groups = batch.keep.reshape(batch.scores.shape)[:, 0]
+    local = np.array([batch.scores.sum(), batch.scores.size, groups.sum(), groups.size, lengths.sum(),
+                      (lengths / steps).sum(), lengths.size], np.float64)
+    t = allgather(local).sum(axis=0)
+    return {"reward": float(t[0] / t[1]), "kept_groups": float(t[2] / t[3]), "response_length": float(t[4] / t[6]),
+            "tokens_per_forward": float(t[5] / t[6])}
 
 
 # ---------------------------------------------------------------------------
@@ -350,52 +313,18 @@ def response_keys(rng: jax.Array, num_prompts: int, k: int, first_prompt: int = 
     return jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(rng, a), b))(g, j)
 
 
-def gather_rollouts(batch: RolloutBatch, tokenizer) -> RolloutBatch:
-    """The whole step's :class:`RolloutBatch` on every process (host NumPy).
+def globalize(batch: RolloutBatch, mesh) -> RolloutBatch:
+    """This process's :class:`RolloutBatch` -> the step's, with global device arrays.
 
-    Each process holds ``P/n`` complete prompt groups (``N/n`` responses);
-    this concatenates them in process order, which is the global prompt
-    order of :class:`~tracerl_jax.data.ExampleIterator`. Rewards and group
-    advantages were computed per group, so they need no further reduction.
-    Texts are re-decoded from the gathered tokens. With one process the
-    batch comes back unchanged (no device round trip).
-
-    Returns:
-      A :class:`RolloutBatch` with ``N`` responses (NumPy arrays).
+    Each process contributes its own responses (whole prompt groups, in
+    process order: the global prompt order of
+    :class:`~tracerl_jax.data.ExampleIterator`), sharded over the mesh's
+    batch axes; nothing is gathered to a host. Rewards and group advantages
+    were computed per group, so they need no reduction. ``texts`` and
+    ``scores`` stay this process's.
     """
-    if jax.process_count() == 1:
-        return batch
-    from jax.experimental import multihost_utils
-
-    local = {"prompts": batch.prompts, "prompt_valid": batch.prompt_valid, "scores": batch.scores,
-             "advantages": batch.advantages, "keep": batch.keep,
-             "rollout": jax.tree.map(np.asarray, batch.rollout)}
-    g = jax.tree.map(np.asarray, multihost_utils.process_allgather(local, tiled=True))
-    rollout = Rollout(*g["rollout"])
-    return RolloutBatch(g["prompts"], g["prompt_valid"], rollout, decode_completions(tokenizer, rollout),
-                        g["scores"], g["advantages"], g["keep"])
-
-
-def to_global(tree, sharding):
-    """Host arrays that are identical on every process -> global ``jax.Array``\\ s.
-
-    Each process passes the *whole* array (``global_shape == local shape``) and
-    ``jax.make_array_from_process_local_data`` keeps only the slices its own
-    devices hold under ``sharding`` (one sharding, or a matching pytree).
-    """
-    if isinstance(sharding, jax.sharding.Sharding):
-        sharding = jax.tree.map(lambda _: sharding, tree)
-    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x), np.shape(x)),
-                        tree, sharding)
-
-
-def to_host(tree):
-    """Global (possibly cross-process) arrays -> full NumPy arrays on every process."""
-    def leaf(x):
-        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
-            return np.asarray(x)
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-    return jax.tree.map(leaf, tree)
+    sharding = rows_sharding(mesh)
+    prompts, valid, advantages, keep, rollout = to_global(
+        (batch.prompts, batch.prompt_valid, batch.advantages, batch.keep, tuple(batch.rollout)), sharding)
+    return dataclasses.replace(batch, prompts=prompts, prompt_valid=valid, rollout=Rollout(*rollout),
+                               advantages=advantages, keep=keep)

@@ -1,0 +1,132 @@
+"""What an RL recipe names by string: the policy (``model.init``), the data (``task.name``), a reward.
+
+``model.init`` is one of
+
+* ``shipped:<name>`` -- a checkpoint shipped with the package (``arith_sft``);
+* a directory: a Hugging Face checkpoint of any supported family
+  (``config.json`` + safetensors: TraDo/SDAR, LLaDA/MMaDA, Dream/DiffuCoder)
+  or an ``examples/sft.py`` / ``examples/tracerl.py`` export
+  (``model_config.json`` + ``params/``);
+* ``random:<preset>`` -- a freshly initialised preset with the tokenizer's
+  vocabulary (``tiny``, ``small-llada``, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from tracerl_jax.models import (ModelConfig, get_preset, init_model, load_hf_checkpoint, read_hf_config,
+                                relayout_layers, shipped_checkpoint)
+from tracerl_jax.tasks import get_task, load_examples, load_reference
+from tracerl_jax.train.checkpoint import MODEL_CONFIG_NAME, load_model, read_model_config
+
+
+def policy_path(spec: str) -> Path:
+    """The directory of a ``shipped:``/directory ``model.init``.
+
+    Raises:
+      ValueError: not a directory.
+    """
+    path = shipped_checkpoint(spec.split(":", 1)[1]) if spec.startswith("shipped:") else Path(spec)
+    if not path.is_dir():
+        raise ValueError(f"model.init={spec!r} is not a directory (an HF checkpoint, an examples/sft.py export, "
+                         "shipped:<name> or random:<preset>); configs/tracerl_full.py explains how to make its "
+                         "warm start with examples/sft.py")
+    return path
+
+
+def policy_family(spec: str) -> str:
+    """The family (``"sdar"``, ``"llada"``, ``"dream"``) of a ``model.init``, read without loading weights."""
+    if spec.startswith("random:"):
+        return get_preset(spec.split(":", 1)[1]).family
+    path = policy_path(spec)
+    if (path / MODEL_CONFIG_NAME).is_file():
+        return read_model_config(path)[0].family
+    return ModelConfig.from_hf_config(read_hf_config(path)).family
+
+
+def load_policy(spec: str, tokenizer, *, seed: int = 0, **model_settings):
+    """``(model_config, model)`` of a ``model.init``, in the precision asked for.
+
+    Args:
+      spec: the ``model.init`` string (module docstring).
+      tokenizer: supplies the vocabulary and special ids (checked against a
+        checkpoint's).
+      seed: init seed of ``random:``.
+      **model_settings: :class:`ModelConfig` fields the run sets
+        (``param_dtype``, ``dtype``, ``remat``, ``attention_impl``,
+        ``scan_layers``); checkpoints load straight into ``param_dtype``.
+
+    Raises:
+      ValueError: a bad spec, or a checkpoint whose vocabulary or mask id does
+        not match the tokenizer.
+    """
+    if spec.startswith("random:"):
+        mcfg = get_preset(spec.split(":", 1)[1]).replace(
+            vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, pad_token_id=tokenizer.pad_id,
+            eos_token_id=tokenizer.eos_id, **model_settings)
+        return mcfg, init_model(mcfg, seed=seed)
+    path = policy_path(spec)
+    if (path / MODEL_CONFIG_NAME).is_file():
+        from flax import nnx
+
+        settings = dict(model_settings)
+        scan = settings.pop("scan_layers", None)
+        mcfg, graphdef, params = load_model(path, **settings)
+        model = nnx.merge(graphdef, params)
+        if scan is not None and bool(scan) != mcfg.scan_layers:  # an export keeps the layout it was saved in
+            model = relayout_layers(model, bool(scan))
+            mcfg = model.config
+    else:
+        settings = dict(model_settings)
+        dtype = settings.pop("param_dtype", "float32")
+        mcfg, model = load_hf_checkpoint(path, dtype, compute_dtype=settings.pop("dtype", None), **settings)
+    if mcfg.vocab_size < tokenizer.vocab_size or mcfg.mask_token_id != tokenizer.mask_id:
+        raise ValueError(f"checkpoint {path} (vocab {mcfg.vocab_size}, mask {mcfg.mask_token_id}) does not match "
+                         f"the tokenizer (vocab {tokenizer.vocab_size}, mask {tokenizer.mask_id})")
+    return mcfg, model
+
+
+def load_data(cfg):
+    """Train and held-out examples of ``cfg.task``.
+
+    ``task.name``: a built-in task (generated, disjoint splits),
+    ``math500``/``gsm8k`` (shipped test splits; training on them is for smoke
+    runs only) or ``jsonl:<train path>[,<eval path>]`` in the reference
+    format. ``task.num_eval = 0`` turns held-out evaluation off.
+    """
+    name = cfg.task.name
+    if name.startswith("jsonl:"):
+        paths = name.split(":", 1)[1].split(",")
+        train = load_reference(paths[0])
+        test = load_reference(paths[1]) if len(paths) > 1 else load_examples("math500", "test")
+        return train, test[:cfg.task.num_eval]
+    if name in ("math500", "gsm8k"):
+        data = load_examples(name, "test")
+        return data, data[:cfg.task.num_eval]
+    task = get_task(name, **cfg.task.knobs)
+    test = task.generate("test", cfg.task.num_eval, seed=cfg.seed + 1) if cfg.task.num_eval else []
+    return task.generate("train", cfg.task.num_train, seed=cfg.seed), test
+
+
+def load_scorer(spec: str) -> Callable:
+    """A batch reward ``(texts, examples, lengths) -> scores`` named ``"package.module:function"``.
+
+    Lets a run swap the task verifier for another reward without editing the
+    loop (the module must be importable, e.g. from the repository root).
+
+    Raises:
+      ValueError: ``spec`` is not ``module:function`` or names nothing callable.
+    """
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"reward must be 'package.module:function', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load reward {spec!r}: {e}") from e
+    if not callable(fn):
+        raise ValueError(f"reward {spec!r} is not callable")
+    return fn
