@@ -1,4 +1,5 @@
-"""FSDP/TP-sharded rollouts and value step equal the single-device ones (8 CPU devices, in a subprocess).
+"""FSDP/TP-sharded rollouts and value step equal the single-device ones, and a checkpoint saved on one
+device in float32 restores sharded in bfloat16 (8 CPU devices, in a subprocess).
 
 Tolerances: rollouts (temperature 1, the RL setting) sample the same tokens in
 the same steps exactly on this case (a flip would need a uniform draw within
@@ -48,3 +49,9 @@ def test_sharded_value_step_equals_one_device(results, mesh):
         a, b = results[f"value/{mesh}/param{name}"], results[f"value/one/param{name}"]
         assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b), name
     np.testing.assert_allclose(results[f"value/{mesh}/values"], results["value/one/values"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_checkpoint_from_one_device_in_float32_restores_sharded_in_bfloat16(results, mesh):
+    assert float(results[f"checkpoint/{mesh}/err"]) == 0.0   # exactly the cast values
+    assert bool(results[f"checkpoint/{mesh}/placed"])        # with the target shardings, really sharded

@@ -82,6 +82,28 @@ def value_update(mesh):
     return float(m["loss"]), flat, vals
 
 
+def checkpoint_across(mesh, directory):
+    """Saves a float32 train state from one device and restores it sharded on ``mesh`` in bfloat16;
+    returns the largest |restored - cast(saved)| and whether every leaf got the target sharding."""
+    from tracerl_jax.train.checkpoint import CheckpointManager
+
+    _, params = split_model(init_model(CFG, seed=3))
+    opt = make_optimizer(OptimizerConfig())
+    state = init_train_state(params, opt)
+    with CheckpointManager(directory, async_save=False) as ckpt:
+        ckpt.save(1, {"policy": state})
+    sh = state_shardings(state, opt, mesh)
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(
+        x.shape, jnp.bfloat16 if x.dtype == jnp.float32 else x.dtype, sharding=s), state, sh)
+    with CheckpointManager(directory) as ckpt:
+        got = ckpt.restore(target={"policy": target}).state["policy"]
+    err = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.bfloat16).astype(jnp.float32))))
+              for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state)) if a.size)
+    placed = all(a.sharding == s for a, s in zip(jax.tree.leaves(got), jax.tree.leaves(sh)))
+    sharded = any(len(a.sharding.device_set) > 1 and not a.is_fully_replicated for a in jax.tree.leaves(got.params))
+    return err, placed and sharded
+
+
 def _as_rollout(ro):
     from tracerl_jax.sampling import Rollout
 
@@ -101,4 +123,10 @@ if __name__ == "__main__":
         out[f"value/{tag}/values"] = vals
         for k, v in flat.items():
             out[f"value/{tag}/param{k}"] = v
+    import tempfile
+
+    for s_ in MESHES:
+        tag = "x".join(map(str, s_))
+        err, placed = checkpoint_across(shd.make_mesh(*s_), tempfile.mkdtemp())
+        out[f"checkpoint/{tag}/err"], out[f"checkpoint/{tag}/placed"] = np.asarray(err), np.asarray(placed)
     np.savez(sys.argv[1], **out)

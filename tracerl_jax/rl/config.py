@@ -19,6 +19,7 @@ from tracerl_jax.rl.stages import ROW_BUILDERS
 from tracerl_jax.train.steps import PolicyLossConfig
 
 REFERENCES = ("rollout", "initial")
+OLD_LOGPROBS = ("trainer", "rollout")
 
 
 def mesh_shape(mesh, device_count: int, field: str = "mesh") -> tuple[int, int, int]:
@@ -133,6 +134,8 @@ def check_config(cfg, *, family: Family | str = "sdar", process_count: int = 1, 
     _check_precision(cfg, platform)
     if c.get("reference", "rollout") not in REFERENCES:
         raise ValueError(f"rl.reference must be one of {REFERENCES}, got {c.get('reference')!r}")
+    if c.get("old_logprobs", "trainer") not in OLD_LOGPROBS:
+        raise ValueError(f"rl.old_logprobs must be one of {OLD_LOGPROBS}, got {c.get('old_logprobs')!r}")
     if c.batch_rows % c.grad_accum:
         raise ValueError(f"rl.batch_rows={c.batch_rows} must be divisible by rl.grad_accum={c.grad_accum}")
     if cfg.value.enabled and c.method != "TraceRL":
@@ -158,6 +161,7 @@ def _check_precision(cfg, platform: str) -> None:
     m = cfg.model
     for field, value in (("model.param_dtype", m.get("param_dtype", "float32")),
                          ("model.dtype", m.get("dtype", "float32")),
+                         ("rollout.dtype", cfg.rollout.get("dtype") or m.get("dtype", "float32")),
                          ("rl.opt_state_dtype", cfg.rl.get("opt_state_dtype", "float32"))):
         name = canonical_dtype(value, field)
         if name == "float16" and platform == "tpu":

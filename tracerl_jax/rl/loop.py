@@ -73,8 +73,11 @@ def rl_step(run: Run, step: int) -> dict:
     adv, returns = pipeline.batch_advantages(run.advantage, batches, rewards=batch.advantages, step_ids=step_ids,
                                              trainable=trainable, old_values=old_values, gamma=cfg.value.gamma,
                                              lam=cfg.value.lam)
-    # 6. old log-probs with the rollout weights (§6.1), then one pass of policy updates
-    logp_old = run.policy.score(run.policy.state.params, batches)
+    # 6. old log-probs with the rollout weights (§6.1; or the sampler's own), then one pass of policy updates
+    if c.get("old_logprobs", "trainer") == "rollout":
+        logp_old = pipeline.recorded_scores(batches, batch.rollout.logprobs)
+    else:
+        logp_old = run.policy.score(run.policy.state.params, batches)
     ref = {} if run.reference_params is None else {"logp_ref": run.policy.score(run.reference_params, batches)}
     metrics = []
     for i in range(batches.count):

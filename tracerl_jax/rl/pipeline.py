@@ -118,6 +118,19 @@ def make_batch_scorer(fn: Callable, graphdef, *, param_sharding=None, mesh: Opti
     return lambda params, batches: jitted(params, batches.rows, batches.live)
 
 
+@partial(jax.jit, static_argnames=("out_sharding",))
+def _recorded(rows: Rows, per_response, out_sharding):
+    out = jnp.where(rows.p_mask & rows.row_valid[..., None], per_response[rows.response_index], 0.0)
+    return out if out_sharding is None else jax.lax.with_sharding_constraint(out, out_sharding)
+
+
+def recorded_scores(batches: UpdateBatches, per_response: jax.Array) -> jax.Array:
+    """Per-response token values ``[N, L1]`` (e.g. the sampler's log-probs at commit) in the update
+    batches' layout ``[NB, GA, mb, L1]``, 0 where a row does not score."""
+    return _recorded(batches.rows, jnp.asarray(per_response, jnp.float32)[:, :batches.rows.labels.shape[-1]],
+                     out_sharding=batch_sharding(batches.mesh))
+
+
 @partial(jax.jit, static_argnums=(0,))
 def _estimate(fn, rows: Rows, rewards, step_ids, trainable, old_values, gamma, lam):
     lead = rows.labels.shape[:3]

@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.strategy = "low_confidence_dynamic"  # sequential | low_confidence_static | low_confidence_dynamic
     c.rollout.threshold = 0.9       # dynamic threshold (strict >)
     c.rollout.temperature = 1.0     # sampling temperature
+    c.rollout.dtype = config_dict.placeholder(str)  # rollout compute dtype (None: model.dtype), e.g. bfloat16
     c.rollout.top_k = 0             # 0 = off
     c.rollout.top_p = 1.0           # 1.0 = off
     c.rollout.group_filter = "constant"  # none | constant (drop all-equal groups) | range (keep 0.2..0.8 acc)
@@ -89,6 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.beta = 0.01                # KL coefficient (against the pre-update policy unless a reference is set)
     c.rl.kl_estimator = "k3"        # k1 | k2 | k3
     c.rl.reference = "rollout"      # KL reference: rollout (the pre-update policy, [REF]) | initial (frozen copy)
+    c.rl.old_logprobs = "trainer"   # trainer: recomputed by the training forward (ratio 1 at the first update,
+                                    # [REF] §6.1) | rollout: the sampler's own (its dtype path, exactly)
     # policy-loss normaliser: None = the family's [REF] (block global_L1; full attention row_tokens, with
     # no log-ratio clamp and a summed KL, §6.4) | global_L1 | row_tokens | batch_tokens
     c.rl.normalizer = config_dict.placeholder(str)

@@ -115,6 +115,22 @@ def make_run_mesh(cfg) -> Mesh:
     return shd.make_mesh(*rl_config.mesh_shape(cfg.get("mesh", (-1, 1, 1)), jax.device_count()))
 
 
+def rollout_model(model_config, graphdef, dtype: Optional[str]):
+    """``(config, graphdef)`` the sampler runs: the policy's, in the compute dtype ``dtype`` (None: its own).
+
+    The parameters are the policy's (same structure and storage dtype); only
+    the compute dtype, a static part of the graphdef, differs.
+    """
+    if dtype is None or model_config.replace(dtype=dtype).dtype == model_config.dtype:
+        return model_config, graphdef
+    from flax import nnx
+
+    from tracerl_jax.models import Transformer
+
+    config = model_config.replace(dtype=dtype)
+    return config, split_model(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))[0]
+
+
 def place(tree, shardings):
     """A pytree identical on every process (host or single-device arrays) -> global arrays of ``shardings``."""
     if isinstance(shardings, jax.sharding.Sharding):
@@ -157,12 +173,13 @@ def build_run(cfg, *, score_fn: Optional[Callable] = None) -> Run:
                                             **rl_config.model_settings(cfg))
     graphdef, params = split_model(model)
     r = cfg.rollout
+    rollout_config, rollout_graphdef = rollout_model(model_config, graphdef, r.get("dtype"))
 
     def sampler(strategy, temperature, threshold):
         section = dict(r.to_dict(), strategy=strategy, temperature=temperature, threshold=threshold)
         scfg = family.sampler_config(section, tokenizer, block_size=r.block_size, gen_length=r.gen_length,
                                      name="rollout")
-        return global_sampler(family.make_sampler(graphdef, model_config, scfg), mesh)
+        return global_sampler(family.make_sampler(rollout_graphdef, rollout_config, scfg), mesh)
 
     c = cfg.rl
     opt_cfg = OptimizerConfig(learning_rate=c.learning_rate, schedule=c.schedule, max_grad_norm=c.max_grad_norm,
