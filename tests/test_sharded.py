@@ -55,3 +55,7 @@ def test_sharded_value_step_equals_one_device(results, mesh):
 def test_checkpoint_from_one_device_in_float32_restores_sharded_in_bfloat16(results, mesh):
     assert float(results[f"checkpoint/{mesh}/err"]) == 0.0   # exactly the cast values
     assert bool(results[f"checkpoint/{mesh}/placed"])        # with the target shardings, really sharded
+
+
+def test_a_mesh_axis_that_shards_no_parameter_is_a_value_error(results):
+    assert "the tensor axis (3 devices) divides no parameter" in str(results["bad_axis"])

@@ -129,4 +129,10 @@ if __name__ == "__main__":
         tag = "x".join(map(str, s_))
         err, placed = checkpoint_across(shd.make_mesh(*s_), tempfile.mkdtemp())
         out[f"checkpoint/{tag}/err"], out[f"checkpoint/{tag}/placed"] = np.asarray(err), np.asarray(placed)
+    try:  # a tensor axis of 3 divides no dimension of this model (widths 16..128, vocab 32)
+        shd.check_mesh_shards(params, shd.make_mesh(1, 1, 3, devices=jax.devices()[:3]))
+        out["bad_axis"] = np.asarray("no error")
+    except ValueError as e:
+        out["bad_axis"] = np.asarray(str(e))
+    shd.check_mesh_shards(params, shd.make_mesh(1, 4, 2))   # the meshes above shard it
     np.savez(sys.argv[1], **out)

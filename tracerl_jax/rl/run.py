@@ -140,6 +140,7 @@ def place(tree, shardings):
 
 
 def _train_model(graphdef, params, opt, mesh: Mesh, make_step: Callable, score_fn) -> Model:
+    shd.check_mesh_shards(params, mesh)
     state = init_train_state(params, opt)
     sharding = state_shardings(state, opt, mesh)
     state = place(state, sharding)

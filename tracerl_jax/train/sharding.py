@@ -94,3 +94,23 @@ def named(mesh: Mesh, specs):
 def batch_sharding(mesh: Mesh, leading_none: int = 0) -> NamedSharding:
     """Sharding of a batch array whose row axis follows ``leading_none`` unsharded axes."""
     return NamedSharding(mesh, P(*([None] * leading_none), BATCH_AXES))
+
+
+def check_mesh_shards(params, mesh: Mesh, rules=DEFAULT_RULES, field: str = "mesh") -> None:
+    """Raises ``ValueError`` if a model-parallel axis of ``mesh`` (``fsdp``, ``tensor``; size > 1) shards
+    no parameter of ``params``: every dimension it would split is indivisible by it, so the run would
+    silently replicate what the mesh promises to shard.
+
+    Args:
+      params: the parameter pytree (arrays or ``ShapeDtypeStruct``).
+      mesh: the mesh.
+      rules: the rule table.
+      field: the config field named in the message.
+    """
+    used = {ax for spec in jax.tree.leaves(param_specs(params, mesh, rules), is_leaf=lambda x: isinstance(x, P))
+            for ax in spec if ax is not None}
+    for axis in ("fsdp", "tensor"):
+        if mesh.shape[axis] > 1 and axis not in used:
+            raise ValueError(f"{field}: the {axis} axis ({mesh.shape[axis]} devices) divides no parameter "
+                             f"dimension it would shard (the rules of tracerl_jax.train.sharding); choose a size "
+                             f"that divides the model's widths (e.g. its KV heads x head_dim, hidden, vocab)")
