@@ -49,6 +49,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.checkpoint = "shipped:arith_sft"
     c.tokenizer = ""  # "" = what the export recorded / the HF dir's own tokenizer / else "tasks"
     c.dtype = "float32"  # parameter dtype when loading HF safetensors (bfloat16 on accelerators)
+    c.compute_dtype = config_dict.placeholder(str)  # activation dtype (None: the checkpoint\'s / dtype)
 
     # --- data (tracerl_jax.tasks.load_examples) ------------------------------
     c.data = ml_collections.ConfigDict()

@@ -30,6 +30,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.checkpoint = "shipped:arith_sft"  # export dir | Hugging Face dir | random:<preset> | shipped:<name>
     c.tokenizer = ""  # "" = the checkpoint's own (export record / HF dir), else the shipped "tasks" one
     c.dtype = "float32"  # parameter dtype when loading HF safetensors
+    c.compute_dtype = config_dict.placeholder(str)  # activation dtype (None: the checkpoint\'s / dtype)
 
     # --- prompts -------------------------------------------------------------
     c.prompts = ()  # questions, e.g. "('Compute 12+7.',)"; () = take data.num problems from `data`

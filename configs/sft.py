@@ -43,6 +43,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.model.head_dim = config_dict.placeholder(int)  # per-head width
     c.model.max_position_embeddings = config_dict.placeholder(int)  # longest position
     c.model.tie_word_embeddings = config_dict.placeholder(bool)  # share embedding and LM head
+    c.model.param_dtype = config_dict.placeholder(str)  # master weights: float32 (None) | bfloat16
     c.model.dtype = config_dict.placeholder(str)  # compute dtype: float32 | bfloat16
     c.model.remat = config_dict.placeholder(bool)  # rematerialise layers in the backward pass
     c.model.attention_impl = config_dict.placeholder(str)  # dense (None) | blockwise (skips masked tiles) | splash (TPU)
@@ -82,6 +83,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-8
     c.optimizer.weight_decay = 0.01
     c.optimizer.max_grad_norm = 1.0  # global-norm clip
+    c.optimizer.state_dtype = config_dict.placeholder(str)  # Adam mu dtype (None: the params' dtype)
 
     # --- held-out evaluation (block sampler) -------------------------------
     c.eval = ml_collections.ConfigDict()

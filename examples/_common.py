@@ -167,6 +167,7 @@ def is_hf_dir(path) -> bool:
 
 
 def load_policy(checkpoint: str, *, tokenizer: Optional[str] = None, dtype: str = "float32",
+                compute_dtype: Optional[str] = None,
                 model: Optional[ml_collections.ConfigDict] = None, seed: int = 0) -> Policy:
     """Loads a policy from an export, a Hugging Face directory, or random init.
 
@@ -178,7 +179,10 @@ def load_policy(checkpoint: str, *, tokenizer: Optional[str] = None, dtype: str 
         randomly initialised model from ``model``.
       tokenizer: tokenizer name/path; default: what the export recorded, the
         HF directory itself, or ``"tasks"``.
-      dtype: parameter dtype for HF checkpoints.
+      dtype: parameter dtype (HF checkpoints load straight into it; exports
+        are cast to it).
+      compute_dtype: activation/matmul dtype (None: ``dtype`` for HF
+        checkpoints, the recorded one for exports).
       model: model config section for random init.
       seed: init seed for random init.
 
@@ -193,12 +197,14 @@ def load_policy(checkpoint: str, *, tokenizer: Optional[str] = None, dtype: str 
     if is_export_dir(checkpoint):
         extra = ckpt_lib.read_extra(checkpoint)
         tok = load_tokenizer(tokenizer or extra.get("tokenizer", "tasks"))
-        cfg, graphdef, params = ckpt_lib.load_model(checkpoint)
+        overrides = {k: v for k, v in (("param_dtype", dtype), ("dtype", compute_dtype)) if v}
+        cfg, graphdef, params = ckpt_lib.load_model(checkpoint, **overrides)
         return Policy(cfg, graphdef, params, tok, "export", extra)
     if is_hf_dir(checkpoint):
         tok = load_tokenizer(tokenizer or checkpoint)
         # The checkpoint may lack special ids; the tokenizer has them (§0).
-        cfg, model_ = load_hf_checkpoint(checkpoint, dtype=dtype, mask_token_id=tok.mask_id,
+        cfg, model_ = load_hf_checkpoint(checkpoint, dtype=dtype, compute_dtype=compute_dtype,
+                                         mask_token_id=tok.mask_id,
                                          pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
         graphdef, params = split_model(model_)
         return Policy(cfg, graphdef, params, tok, "hf", {})

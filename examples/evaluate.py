@@ -45,7 +45,8 @@ def shipped_dir() -> Path:
     return SHIPPED_CHECKPOINTS
 
 
-def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32", seed: int = 0) -> _common.Policy:
+def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32",
+                    compute_dtype: Optional[str] = None, seed: int = 0) -> _common.Policy:
     """Loads the policy named by ``spec``.
 
     Args:
@@ -56,7 +57,8 @@ def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32", s
         Hugging Face directory's own, or else the shipped ``"tasks"``
         tokenizer (``random:`` presets and our small HF exports, which carry
         no tokenizer files).
-      dtype: parameter dtype for Hugging Face checkpoints.
+      dtype: parameter dtype (checkpoints load straight into it).
+      compute_dtype: activation/matmul dtype (None: the checkpoint's / ``dtype``).
       seed: init seed for ``random:``.
 
     Raises:
@@ -83,7 +85,7 @@ def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32", s
     path = Path(spec)
     if not tokenizer and _common.is_hf_dir(path) and not _has_tokenizer(path):
         tokenizer = "tasks"  # e.g. the shipped arith_sft: safetensors exported by examples/sft.py
-    policy = _common.load_policy(spec, tokenizer=tokenizer or None, dtype=dtype)
+    policy = _common.load_policy(spec, tokenizer=tokenizer or None, dtype=dtype, compute_dtype=compute_dtype)
     if policy.config.vocab_size < policy.tokenizer.vocab_size:
         raise ValueError(f"checkpoint {spec!r} has vocab_size {policy.config.vocab_size}, smaller than its "
                          f"tokenizer's {policy.tokenizer.vocab_size}; pass the matching tokenizer")
@@ -149,7 +151,8 @@ def evaluate_checkpoint(cfg: ml_collections.ConfigDict, write: Callable[[str], N
       ``warmup_seconds``, ``generations_path`` and ``summary_path``.
     """
     validate(cfg)
-    policy = load_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
+    policy = load_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, dtype=cfg.dtype,
+                             compute_dtype=cfg.get("compute_dtype"), seed=cfg.seed)
     tok, s = policy.tokenizer, cfg.sampler
     examples = _common.eval_examples(cfg.data)
     if not examples:

@@ -84,7 +84,8 @@ def sample(cfg: ml_collections.ConfigDict, write: Callable[[str], None] = print)
       and ``trajectory`` (the picture, or "").
     """
     validate(cfg)
-    policy = evaluate.load_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, dtype=cfg.dtype, seed=cfg.seed)
+    policy = evaluate.load_checkpoint(cfg.checkpoint, tokenizer=cfg.tokenizer, dtype=cfg.dtype,
+                                      compute_dtype=cfg.get("compute_dtype"), seed=cfg.seed)
     tok, s = policy.tokenizer, cfg.sampler
     texts, examples = prompts_of(cfg, tok)
     sample_fn = _common.make_sampler(s, tok, policy.graphdef, policy.config, block_size=s.block_size,

@@ -120,7 +120,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         learning_rate=cfg.optimizer.learning_rate, schedule=cfg.optimizer.schedule, warmup=cfg.optimizer.warmup,
         min_lr_scale=cfg.optimizer.min_lr_scale, total_updates=cfg.num_steps, b1=cfg.optimizer.b1,
         b2=cfg.optimizer.b2, eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay,
-        max_grad_norm=cfg.optimizer.max_grad_norm)
+        max_grad_norm=cfg.optimizer.max_grad_norm, state_dtype=cfg.optimizer.get("state_dtype"))
     optimizer = make_optimizer(opt_cfg)
     state = init_train_state(params, optimizer)
     mesh = make_mesh(*cfg.mesh) if int(np.prod(cfg.mesh)) > 1 else None
