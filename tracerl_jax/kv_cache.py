@@ -2,7 +2,7 @@
 
 The cache is a pytree (a ``NamedTuple``), so it flows through ``jax.jit``,
 ``lax.while_loop`` carries and sharding like any array. It holds the keys and
-values of *committed* tokens only (ALGORITHMS.md §1.6): the forward pass of a
+values of *committed* tokens only (docs/algorithms.md §1.6): the forward pass of a
 block being denoised reads the cache but does not write it; once a block is
 final its clean K/V are written once, with ``lax.dynamic_update_slice``, at
 the cursor. Every batch row shares the cursor (the samplers keep all rows on

@@ -2,7 +2,7 @@
 
 One frozen dataclass describes every shape and numeric choice of a model, so
 it can be a static argument of ``jax.jit`` and part of an NNX graphdef. The
-three checkpoint families of ALGORITHMS.md §12 are one architecture (pre-norm
+three checkpoint families of docs/algorithms.md §12 are one architecture (pre-norm
 RMSNorm decoder, half-rotation RoPE, GQA, SwiGLU, external attention mask)
 that differs only in a few flags:
 
@@ -23,7 +23,7 @@ is in the way). ``mmada`` is MMaDA's text backbone (``MMadaModelLM`` is a
 layout (an AR model's logits predict the next token, which is the Dream shift).
 
 Numeric fields are never silently defaulted when read from a checkpoint
-(ALGORITHMS.md §12, quirk Q-M1): ``from_hf_config`` (in
+(docs/algorithms.md §12, quirk Q-M1): ``from_hf_config`` (in
 :mod:`tracerl_jax.models.hf_config`) reads each one explicitly from
 ``config.json`` and names the missing field otherwise.
 """
@@ -98,7 +98,7 @@ class ModelConfig:
       qkv_bias: biases on q/k/v projections (Dream/Qwen2; LLaDA's
         ``include_qkv_bias``). ``None`` = the family default.
       logits_shift: logits at ``i`` predict token ``i+1`` (Dream). Recorded
-        for samplers and trainers, which apply the shift (ALGORITHMS.md §2.4,
+        for samplers and trainers, which apply the shift (docs/algorithms.md §2.4,
         §5); :func:`~tracerl_jax.models.forward` always returns **unshifted**
         logits. ``None`` = the family default.
       param_dtype: storage dtype of parameters.

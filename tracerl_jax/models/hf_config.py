@@ -1,4 +1,4 @@
-"""``config.json`` readers and writers, one pair per checkpoint family (ALGORITHMS.md §12).
+"""``config.json`` readers and writers, one pair per checkpoint family (docs/algorithms.md §12).
 
 * ``sdar``/``qwen3``: Qwen3 names (``hidden_size``, ``num_hidden_layers``, ...,
   explicit ``head_dim``), QK-norm, no biases.
@@ -148,7 +148,7 @@ def _read_rope_theta(hf: Mapping[str, Any]) -> float:
         nested = params.get("rope_theta")
     if top is None and nested is None:
         raise ValueError("config.json is missing required field 'rope_theta' (checked top level and "
-                         "rope_parameters); it is never defaulted (ALGORITHMS.md Q-M1)")
+                         "rope_parameters); it is never defaulted (docs/algorithms.md Q-M1)")
     if top is not None and nested is not None and float(top) != float(nested):
         raise ValueError(f"config.json rope_theta ({top}) disagrees with rope_parameters.rope_theta ({nested})")
     return float(top if top is not None else nested)

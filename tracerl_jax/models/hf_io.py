@@ -1,4 +1,4 @@
-"""Hugging Face safetensors checkpoints in and out (ALGORITHMS.md §12).
+"""Hugging Face safetensors checkpoints in and out (docs/algorithms.md §12).
 
 A checkpoint directory holds ``config.json`` and either ``model.safetensors``
 or shards ``model-0000i-of-0000n.safetensors`` listed by

@@ -80,7 +80,7 @@ def _qwen_keys(config: ModelConfig) -> KeyMap:
     return m
 
 
-# LLaDA block name -> our (module, projection); note ff_proj is the GATE (ALGORITHMS.md §12.2).
+# LLaDA block name -> our (module, projection); note ff_proj is the GATE (docs/algorithms.md §12.2).
 _LLADA_PROJ = {
     "q_proj": ("self_attn", "q_proj"),
     "k_proj": ("self_attn", "k_proj"),

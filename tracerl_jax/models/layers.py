@@ -1,6 +1,6 @@
 """Building blocks of the Qwen3-style decoder: RMSNorm, RoPE, attention, SwiGLU.
 
-Numerics follow ALGORITHMS.md §12.1: norms in float32, RoPE tables in
+Numerics follow docs/algorithms.md §12.1: norms in float32, RoPE tables in
 float32 with half-rotation pairs ``(i, i + D/2)``, QK-norm per head over
 ``head_dim`` *before* RoPE, grouped-query attention with a float32 softmax.
 """

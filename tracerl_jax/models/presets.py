@@ -13,7 +13,7 @@ against the checkpoint's own config.json):
   28 layers, 16/8 heads, head_dim 128, intermediate 6144, vocab 151936,
   rope_theta 1e6, eps 1e-6, max_position 32768, tie_word_embeddings false,
   mask_token_id 151669, eos/bos 151643, no pad_token_id (the presets use the
-  Qwen tokenizer pad <|endoftext|> 151643, ALGORITHMS.md §0). Verified.
+  Qwen tokenizer pad <|endoftext|> 151643, docs/algorithms.md §0). Verified.
 * Qwen3-4B / Qwen3-8B shapes (which SDAR-4B/8B and TraDo-4B/8B inherit):
   hidden 2560/4096, 36 layers, 32/8 heads, head_dim 128, intermediate
   9728/12288, vocab 151936, rope_theta 1e6, eps 1e-6 (Megatron model scripts
@@ -26,7 +26,7 @@ against the checkpoint's own config.json):
   ``rms_norm_eps`` 1e-5, ``max_sequence_length`` 4096, ``weight_tying``
   false, ``include_bias`` false, ``mask_token_id`` 126336, ``eos_token_id``
   126081) and a published LLaDA-style config.json with ``pad_token_id``
-  126081 (ALGORITHMS.md §12.2 [UNSURE] values, all confirmed).
+  126081 (docs/algorithms.md §12.2 [UNSURE] values, all confirmed).
 * Dream-v0-7B: the Qwen2.5-7B shape (``hidden_size`` 3584, 28 layers, 28/4
   heads, head_dim 128, ``intermediate_size`` 18944, ``vocab_size`` 152064,
   ``rope_theta`` 1e6, eps 1e-6, untied, ``max_position_embeddings`` 131072)
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from tracerl_jax.models.config import ModelConfig
 
-QWEN_MASK_ID = 151669  # <|MASK|> (ALGORITHMS.md §0)
+QWEN_MASK_ID = 151669  # <|MASK|> (docs/algorithms.md §0)
 QWEN_PAD_ID = 151643   # <|endoftext|>
 QWEN_VOCAB = 151936
 QWEN2_VOCAB = 152064   # Qwen2.5-7B / Dream / DiffuCoder embedding rows
@@ -94,7 +94,7 @@ def _presets() -> dict:
             eos_token_id=1, model_type="sdar"),
         # Verified against the vendored config.json (see module docstring).
         "sdar-1.7b": _sdar(2048, 28, 16, 8, 6144, tie=False),
-        # [UNSURE] tie_word_embeddings: Qwen3-4B is tied (ALGORITHMS.md §12.1
+        # [UNSURE] tie_word_embeddings: Qwen3-4B is tied (docs/algorithms.md §12.1
         # expects TraDo-4B tied too) but SDAR-1.7B unties its tied Qwen3
         # base, so SDAR-4B may be untied. max_position 32768 and eos 151643
         # copied from SDAR-1.7B [UNSURE].

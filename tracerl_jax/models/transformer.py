@@ -6,7 +6,7 @@ q/k/v biases, logits shifted by one, see :func:`predictions`).
 
 The model has no built-in causal mask: every forward pass takes the
 queries' :class:`~tracerl_jax.attention.MaskInfo` and derives the mask from
-the library's single predicate (ALGORITHMS.md §12: the attention takes an
+the library's single predicate (docs/algorithms.md §12: the attention takes an
 external mask). With a KV cache the keys are ``[cache slots (T) | the Q new
 tokens]``; the cache is written only when ``write_cache=True`` (§1.6: the
 K/V of a block still being denoised are never persisted).
@@ -352,7 +352,7 @@ def relayout_layers(model: "Transformer", scan_layers: bool) -> "Transformer":
 
 
 def shift_logits(x: jax.Array) -> jax.Array:
-    """Dream's one-position logit shift (ALGORITHMS.md §2.4, §12.3).
+    """Dream's one-position logit shift (docs/algorithms.md §2.4, §12.3).
 
     An AR-initialised model's output at ``i`` predicts token ``i+1``; the
     shift moves it to the slot it predicts: ``out[:, i] = x[:, i-1]`` for

@@ -1,4 +1,4 @@
-"""Diffusion value model (ALGORITHMS.md §8.1-8.2).
+"""Diffusion value model (docs/algorithms.md §8.1-8.2).
 
 The policy architecture (its unused ``lm_head`` included, so checkpoints keep
 the reference's key set) plus ``value_head = Linear(hidden, 1, bias=False)``
