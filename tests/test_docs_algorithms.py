@@ -122,3 +122,11 @@ def test_quirk_entries_name_reference_library_and_switch():
         qid = QUIRK_ID.match(entry.lstrip("*")).group(0)
         for word in ("Reference:", "Library:", "Switch:"):
             assert word in entry, f"§13 entry {qid} does not say {word!r}"
+
+
+def test_citations_point_into_the_repository():
+    # The spec the code was first written against lives outside the repository; every citation
+    # must point at docs/algorithms.md, which a clone has.
+    outside = sorted(str(p.relative_to(ROOT)) for p in _sources()
+                     if p.name != "algorithms.md" and "ALGORITHMS.md" in p.read_text(errors="ignore"))
+    assert not outside, f"files citing the external ALGORITHMS.md: {outside}"
