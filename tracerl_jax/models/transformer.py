@@ -35,6 +35,7 @@ from tracerl_jax.attention import MaskInfo
 from tracerl_jax.kv_cache import KVCache
 from tracerl_jax.models.config import ModelConfig
 from tracerl_jax.models.layers import DecoderLayer, RMSNorm, normal_init, rope_tables
+from tracerl_jax.train.sharding import constrain_rows
 
 
 class ForwardOutput(NamedTuple):
@@ -128,7 +129,7 @@ class Transformer(nnx.Module):
         else:
             mask = attn.dense_mask(mask_info, cache.info.concat(mask_info), q_offset=cache.max_len)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        x = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(cfg.compute_dtype)
+        x = constrain_rows(jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(cfg.compute_dtype))
         if cfg.scan_layers:
             x, new_k, new_v = self._scan_layers(x, cos, sin, mask, cache, collect_kv=write_cache)
         else:
@@ -137,6 +138,7 @@ class Transformer(nnx.Module):
             for i, layer in enumerate(self.layers):
                 past_k, past_v = (None, None) if cache is None else kvc.layer_kv(cache, i)
                 x, k, v = call(layer, x, cos, sin, mask, past_k, past_v)
+                x = constrain_rows(x)
                 new_k.append(k)
                 new_v.append(v)
         hidden = self.norm(x)
@@ -156,7 +158,7 @@ class Transformer(nnx.Module):
         def body(x, xs):
             layer_params, past_k, past_v = xs
             x, k, v = nnx.merge(graphdef, layer_params)(x, cos, sin, mask, past_k, past_v)
-            return x, ((k, v) if collect_kv else None)
+            return constrain_rows(x), ((k, v) if collect_kv else None)
 
         if self.config.remat:
             # scan already keeps iterations apart, so CSE cannot undo the remat; prevent_cse=False

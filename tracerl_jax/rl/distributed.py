@@ -183,7 +183,8 @@ def global_sampler(sample_fn: Callable, mesh: Mesh) -> Callable:
         data = np.asarray(jax.random.key_data(row_keys))
         g_prompts, g_valid, g_keys = to_global((np.asarray(prompts, np.int32), np.asarray(prompt_valid, bool), data),
                                                rows)
-        out = sample_fn(params, g_prompts, g_valid, row_keys=jax.random.wrap_key_data(g_keys, impl=impl))
+        with jax.set_mesh(mesh):   # the model's activation constraints see the mesh axes
+            out = sample_fn(params, g_prompts, g_valid, row_keys=jax.random.wrap_key_data(g_keys, impl=impl))
         return Rollout(*(local_rows(jax.device_put(x, rows)) for x in out))
 
     return fn

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tracerl_jax import advantages as adv_lib
 from tracerl_jax.rows import Rows
 from tracerl_jax.train.sharding import BATCH_AXES
+from tracerl_jax.train.step import under_mesh
 
 
 class UpdateBatches(NamedTuple):
@@ -113,7 +114,8 @@ def make_batch_scorer(fn: Callable, graphdef, *, param_sharding=None, mesh: Opti
 
         return jax.lax.map(one, (rows, live))
 
-    jitted = jax.jit(scores, in_shardings=None if mesh is None else (param_sharding, batch_sharding(mesh), None),
+    jitted = jax.jit(under_mesh(scores, mesh),
+                     in_shardings=None if mesh is None else (param_sharding, batch_sharding(mesh), None),
                      out_shardings=out_sh)
     return lambda params, batches: jitted(params, batches.rows, batches.live)
 

@@ -114,3 +114,18 @@ def check_mesh_shards(params, mesh: Mesh, rules=DEFAULT_RULES, field: str = "mes
             raise ValueError(f"{field}: the {axis} axis ({mesh.shape[axis]} devices) divides no parameter "
                              f"dimension it would shard (the rules of tracerl_jax.train.sharding); choose a size "
                              f"that divides the model's widths (e.g. its KV heads x head_dim, hidden, vocab)")
+
+
+def constrain_rows(x: jax.Array) -> jax.Array:
+    """Pins an activation's rows (axis 0) to the mesh's batch axes, the other axes replicated.
+
+    Applies only while tracing under a mesh (``jax.set_mesh``, as the train
+    steps, scorers and :func:`tracerl_jax.rl.distributed.global_sampler` do)
+    that has the batch axes; elsewhere it is the identity. XLA's propagation
+    from FSDP-sharded weights otherwise tends to shard the hidden size of an
+    embedding lookup instead of its rows, which all-gathers activations.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))

@@ -161,8 +161,21 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         raise ValueError("state_sharding is required when a mesh is given (see state_shardings)")
     batch_sh = NamedSharding(mesh, P(None, shd.BATCH_AXES))
     rep = NamedSharding(mesh, P())
-    return jax.jit(step, in_shardings=(state_sharding, batch_sh, rep), out_shardings=(state_sharding, rep),
+    return jax.jit(under_mesh(step, mesh), in_shardings=(state_sharding, batch_sh, rep), out_shardings=(state_sharding, rep),
                    donate_argnums=donate_args, compiler_options=opts)
+
+
+def under_mesh(fn: Callable, mesh: Optional[Mesh]) -> Callable:
+    """``fn`` traced under ``mesh``'s abstract mesh, so the model's activation constraints
+    (``sharding.constrain_rows``) see the mesh axes. Use inside ``jax.jit``."""
+    if mesh is None:
+        return fn
+
+    def wrapped(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def _compiler_options(mesh):
