@@ -36,8 +36,9 @@ from tracerl_jax import evaluation  # noqa: E402
 from tracerl_jax.data import bucket_length  # noqa: E402
 from tracerl_jax.models import PRESET_NAMES, shipped_checkpoint  # noqa: E402
 from tracerl_jax.models.hf_io import SHIPPED_CHECKPOINTS  # noqa: E402
+from tracerl_jax.rl.specs import load_run_policy, run_directory  # noqa: E402
 from tracerl_jax.tasks import Example  # noqa: E402
-from tracerl_jax.tokenizers import pad_ids  # noqa: E402
+from tracerl_jax.tokenizers import load_tokenizer, pad_ids  # noqa: E402
 
 
 def shipped_dir() -> Path:
@@ -50,7 +51,9 @@ def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32",
     """Loads the policy named by ``spec``.
 
     Args:
-      spec: an export directory, a Hugging Face directory, ``random:<preset>``
+      spec: an export directory, a Hugging Face directory, an RL run's
+        workdir (its final export, else its newest checkpoint) or one of its
+        checkpoint steps (``<workdir>/checkpoints/<step>``), ``random:<preset>``
         (an untrained preset sized to the tokenizer) or ``shipped:<name>``
         (``tracerl_jax/assets/checkpoints/<name>``, either kind of directory).
       tokenizer: tokenizer name/path; "" = the one an export recorded, a
@@ -75,6 +78,9 @@ def load_checkpoint(spec: str, *, tokenizer: str = "", dtype: str = "float32",
             raise ValueError(f"checkpoint {spec!r}: unknown preset {preset!r}; presets: {', '.join(PRESET_NAMES)}")
         return _common.load_policy("", tokenizer=tokenizer or None,
                                    model=ml_collections.ConfigDict({"preset": preset}), seed=seed)
+    if run_directory(spec) is not None:   # an RL run (in its own precision): its export, newest or given step
+        cfg, graphdef, params, tok_spec, _ = load_run_policy(spec, tokenizer=tokenizer or None)
+        return _common.Policy(cfg, graphdef, params, load_tokenizer(tok_spec), "run", {})
     if spec.startswith("shipped:"):
         try:
             spec = str(shipped_checkpoint(spec.split(":", 1)[1], root=shipped_dir()))

@@ -135,6 +135,17 @@ def test_default_recipe_smoke(run_env, tmp_path):
     # to still run the update path).
     proc = run_example(run_env, tmp_path, "--config.rl.total_steps=2", "--config.rollout.group_filter=none")
     check_outputs(tmp_path, 2, proc)
+    # The finished run exported its policy; the run and each checkpoint step load as a policy.
+    sys.path.insert(0, str(REPO / "examples"))
+    import evaluate
+
+    final = restore_item(tmp_path, 2, "policy")["params"]
+    for spec, source in ((tmp_path, "run"), (tmp_path / "checkpoints" / "2", "run"), (tmp_path / "export", "export")):
+        policy = evaluate.load_checkpoint(str(spec))
+        assert policy.source == source and policy.config.family == "sdar"
+        assert len(jax.tree.leaves(policy.params)) == len(jax.tree.leaves(final))
+        for a, b in zip(jax.tree.leaves(policy.params), jax.tree.leaves(final)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("config,value", [("configs/tracerl_value.py", True), ("configs/random_masking.py", False),
@@ -143,8 +154,10 @@ def test_variant_recipe_smoke(run_env, tmp_path, config, value):
     proc = run_example(run_env, tmp_path, "--config.rl.total_steps=2", REWARD, config=config)
     check_outputs(tmp_path, 2, proc, value=value)
     assert int(restore_item(tmp_path, 2, "policy")["step"]) >= 2   # applied updates
+    assert (tmp_path / "export" / "model_config.json").is_file()
     if value:
         assert int(restore_item(tmp_path, 2, "value")["step"]) >= 2
+        assert json.loads((tmp_path / "export_value" / "model_config.json").read_text())["value_model"]
 
 
 # ---------------------------------------------------------------------------

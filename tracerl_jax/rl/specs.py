@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
+
+import jax
 
 from tracerl_jax.models import (ModelConfig, get_preset, init_model, load_hf_checkpoint, read_hf_config,
                                 relayout_layers, shipped_checkpoint)
@@ -130,3 +132,89 @@ def load_scorer(spec: str) -> Callable:
     if not callable(fn):
         raise ValueError(f"reward {spec!r} is not callable")
     return fn
+
+
+# ---------------------------------------------------------------------------
+# RL run directories as policies
+# ---------------------------------------------------------------------------
+
+
+def run_directory(spec) -> Optional[tuple[Path, Optional[int]]]:
+    """``(workdir, step)`` when ``spec`` is an RL run's workdir (``step`` None) or one of its checkpoint
+    steps (``<workdir>/checkpoints/<step>``); None for anything else."""
+    p = Path(spec)
+    if p.name.isdigit() and p.parent.name == "checkpoints" and (p.parent.parent / "config.json").is_file():
+        return p.parent.parent, int(p.name)
+    if (p / "config.json").is_file() and (p / "checkpoints").is_dir():
+        return p, None
+    return None
+
+
+def load_run_policy(spec, *, tokenizer: Optional[str] = None):
+    """The policy of an RL run directory or checkpoint step, for evaluation and sampling.
+
+    A workdir gives its final export (``<workdir>/export``, written when the
+    run finished) or, for an unfinished run, its newest checkpoint; a step
+    directory gives the policy parameters saved at that step. The model's
+    structure, precision and optimizer come from the run's ``config.json``.
+
+    Args:
+      spec: ``<workdir>`` or ``<workdir>/checkpoints/<step>``.
+      tokenizer: tokenizer name/path; default: the run's.
+
+    Returns:
+      ``(model_config, graphdef, params, tokenizer_spec, step)``; ``step`` is
+      None for the export.
+
+    Raises:
+      ValueError: not a run directory, or a step that does not restore (named).
+    """
+    import json
+
+    import ml_collections
+    from flax import nnx
+
+    from tracerl_jax.models import Transformer, split_model
+    from tracerl_jax.rl import config as rl_config
+    from tracerl_jax.tokenizers import load_tokenizer
+    from tracerl_jax.train.checkpoint import CheckpointManager, abstract_like
+    from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer
+    from tracerl_jax.train.step import init_train_state
+
+    found = run_directory(spec)
+    if found is None:
+        raise ValueError(f"{spec!s} is not an RL run directory (config.json + checkpoints/) or one of its "
+                         "checkpoint steps (<workdir>/checkpoints/<step>)")
+    workdir, step = found
+    cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    tok_spec = tokenizer or cfg.tokenizer
+    if step is None and (workdir / "export" / MODEL_CONFIG_NAME).is_file():
+        mcfg, graphdef, params = load_model(workdir / "export")
+        return mcfg, graphdef, params, tok_spec, None
+    tok = load_tokenizer(tok_spec)
+    mcfg = model_config_of(cfg.model.init, tok, **rl_config.model_settings(cfg))
+    graphdef, abstract = split_model(nnx.eval_shape(lambda: Transformer(mcfg, rngs=nnx.Rngs(0))))
+    opt = make_optimizer(OptimizerConfig(state_dtype=cfg.rl.get("opt_state_dtype")))
+    state = jax.eval_shape(lambda p: init_train_state(p, opt), abstract)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with CheckpointManager(workdir / "checkpoints", create=False) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(f"{workdir} has no export and no checkpoint yet")
+        restored = ckpt.restore(step, target={"policy": abstract_like(state, device)}, meta=())
+    return mcfg, graphdef, restored.state["policy"].params, tok_spec, step
+
+
+def model_config_of(spec: str, tokenizer, **model_settings) -> ModelConfig:
+    """The :class:`ModelConfig` a ``model.init`` loads into (with the run's settings), read without weights."""
+    if spec.startswith("random:"):
+        return get_preset(spec.split(":", 1)[1]).replace(
+            vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.mask_id, pad_token_id=tokenizer.pad_id,
+            eos_token_id=tokenizer.eos_id, **model_settings)
+    path = policy_path(spec)
+    if (path / MODEL_CONFIG_NAME).is_file():
+        return read_model_config(path)[0].replace(**model_settings)
+    settings = dict(model_settings)
+    dtype = settings.pop("param_dtype", "float32")
+    compute = settings.pop("dtype", None) or dtype
+    return ModelConfig.from_hf_config(read_hf_config(path), param_dtype=dtype, dtype=compute, **settings)
