@@ -145,7 +145,8 @@ def dream_pair(tmp_path_factory):
     ref = _qwen2()
     path = tmp_path_factory.mktemp("qwen2")
     ref.save_pretrained(path, safe_serialization=True)
-    cfg, model = load_hf_checkpoint(path)
+    # A plain Qwen2 checkpoint has no MASK id (a Dream one does): name one, as a tokenizer would.
+    cfg, model = load_hf_checkpoint(path, mask_token_id=ref.config.vocab_size - 1)
     return ref, cfg, split_model(model), path
 
 

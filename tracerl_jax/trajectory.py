@@ -359,6 +359,8 @@ def build_rows(prompt_ids: jax.Array, prompt_valid: jax.Array, response_ids: jax
                       else max_step_groups(step_map, response_lengths, shrink))
     if not isinstance(max_rounds, (int, np.integer)) or max_rounds < 1:
         raise ValueError(f"max_rounds must be an int >= 1, got {max_rounds!r}")
+    if layout.round_span and compat != "reference":
+        _check_step_ids(step_map, response_lengths, has_step_map)
     sm = jnp.asarray(step_map, jnp.int32)
     lengths = jnp.asarray(response_lengths, jnp.int32)
     if layout.round_span is None:
@@ -370,6 +372,29 @@ def build_rows(prompt_ids: jax.Array, prompt_valid: jax.Array, response_ids: jax
                        None if scorable is None else jnp.asarray(scorable, bool), layout=layout,
                        mask_id=int(mask_id), pad_id=int(pad_id), shrink=int(shrink), post_num=post_num, scope=scope,
                        max_rounds=int(max_rounds))
+
+
+def _check_step_ids(step_map, response_lengths, has_step_map) -> None:
+    """A block step map must hold a positive id at every position inside its response (when the values are
+    on the host). The reference silently drops such a response (Q-T6, kept under ``compat="reference"``)."""
+    from tracerl_jax.sampling.block_sampler import host_view
+
+    try:
+        sm, lengths = host_view(step_map), host_view(response_lengths)
+        has = None if has_step_map is None else host_view(has_step_map).astype(bool)
+    except jax.errors.TracerArrayConversionError:
+        return  # traced by an outer jit: nothing to inspect
+    if sm.shape[0] != lengths.shape[0]:
+        return  # a multi-process view; each process checks its own rows elsewhere
+    inside = np.arange(sm.shape[1])[None] < lengths[:, None]
+    bad = np.any(inside & (sm <= 0), axis=1)
+    if has is not None:
+        bad &= has
+    if bad.any():
+        n = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"step_map of response {n} holds a non-positive step id inside its length "
+                         f"{int(lengths[n])} (step ids are 1-based; 0 marks positions without a token); "
+                         "compat='reference' skips such responses instead (Q-T6)")
 
 
 def trace_step_ids(step_map: jax.Array, response_lengths: jax.Array, *, layout: Layout | None = None,

@@ -210,6 +210,9 @@ def load_hf_checkpoint(path: Union[str, os.PathLike], dtype: Any = "float32", *,
     param_dtype = canonical_dtype(dtype, "dtype")
     config = ModelConfig.from_hf_config(hf, **{"param_dtype": param_dtype,
                                                "dtype": compute_dtype or param_dtype, **config_overrides})
+    if config.mask_token_id is None:
+        raise ValueError(f"checkpoint {path}: config.json has no mask_token_id (the MASK id a diffusion LM decodes "
+                         "from); pass mask_token_id= (the tokenizer's mask id)")
     files = _tensor_files(path)
     has_vh = VALUE_HEAD_KEY in files
     if value_model is None:

@@ -476,6 +476,8 @@ def validate_inputs(cfg: ModelConfig, tokens, positions, mask_info, cache=None, 
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"tokens must have an integer dtype, got {tokens.dtype}")
     B, Q = shape
+    if B == 0 or Q == 0:
+        raise ValueError(f"tokens is empty (shape {tuple(shape)}): a forward needs at least one row and one position")
     if getattr(positions, "shape", None) != (B, Q):
         raise ValueError(f"positions must have shape {(B, Q)} like tokens, got {getattr(positions, 'shape', None)}")
     if not jnp.issubdtype(positions.dtype, jnp.integer):
@@ -509,6 +511,12 @@ def validate_inputs(cfg: ModelConfig, tokens, positions, mask_info, cache=None, 
         lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(f"tokens must lie in [0, vocab_size={cfg.vocab_size}), got range [{lo}, {hi}]")
+    pos = _host_value(positions)
+    if pos is not None and pos.size:
+        lo, hi = int(pos.min()), int(pos.max())
+        if lo < 0 or hi >= cfg.max_position_embeddings:
+            raise ValueError(f"positions must lie in [0, max_position_embeddings={cfg.max_position_embeddings}), "
+                             f"got range [{lo}, {hi}]")
 
 
 def _check_cache_layout(cfg: ModelConfig, cache: KVCache, B: int) -> int:

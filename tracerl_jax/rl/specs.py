@@ -84,7 +84,10 @@ def load_policy(spec: str, tokenizer, *, seed: int = 0, **model_settings):
     else:
         settings = dict(model_settings)
         dtype = settings.pop("param_dtype", "float32")
-        mcfg, model = load_hf_checkpoint(path, dtype, compute_dtype=settings.pop("dtype", None), **settings)
+        # The checkpoint may lack special ids; the tokenizer has them (§0).
+        mcfg, model = load_hf_checkpoint(path, dtype, compute_dtype=settings.pop("dtype", None),
+                                         mask_token_id=tokenizer.mask_id, pad_token_id=tokenizer.pad_id,
+                                         eos_token_id=tokenizer.eos_id, **settings)
     if mcfg.vocab_size < tokenizer.vocab_size or mcfg.mask_token_id != tokenizer.mask_id:
         raise ValueError(f"checkpoint {path} (vocab {mcfg.vocab_size}, mask {mcfg.mask_token_id}) does not match "
                          f"the tokenizer (vocab {tokenizer.vocab_size}, mask {tokenizer.mask_id})")

@@ -115,6 +115,9 @@ class BlockSamplerConfig:
             raise ValueError(
                 f"gen_length ({self.gen_length}) must be a positive multiple of block_size ({self.block_size})")
         remasking.check_strategy(self.strategy)
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1] (a confidence; strict > for low_confidence_dynamic), "
+                             f"got {self.threshold}")
         if self.compat not in COMPAT:
             raise ValueError(f"compat must be one of {COMPAT}, got {self.compat!r}")
         if self.temperature < 0:
@@ -358,7 +361,7 @@ def validate_prompts(prompts, prompt_valid, cfg: BlockSamplerConfig, vocab_size:
 def host_view(x) -> np.ndarray:
     """The values of ``x`` this process can see: all of a local array, this process's shards of a global one
     (row-wise checks of a multi-process batch then run on each process's own rows)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and not x.is_fully_addressable:
         return np.concatenate([np.asarray(s.data) for s in x.addressable_shards])
     return np.asarray(x)
 

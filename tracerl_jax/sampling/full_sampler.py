@@ -139,6 +139,7 @@ class FullSamplerConfig:
         check(self.gen_length >= 1 and self.gen_length % self.block_size == 0,
               f"gen_length ({self.gen_length}) must be a positive multiple of block_size ({self.block_size})")
         block_steps(self.total_steps, self.num_blocks)  # raises if a block gets no step
+        check(0.0 < self.threshold <= 1.0, f"threshold must be in (0, 1] (a confidence, >=), got {self.threshold}")
         check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
         check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
         check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
