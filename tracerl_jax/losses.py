@@ -31,6 +31,11 @@ from tracerl_jax import checks
 from tracerl_jax.registry import Registry
 
 NORMALIZERS = ("global_L1", "row_tokens", "batch_tokens")
+# Metrics that are means over a micro-batch's scored tokens: a train step combines them over
+# micro-batches weighted by each one's ``num_tokens`` (an empty micro-batch weighs nothing).
+TOKEN_MEAN_METRICS = frozenset({"clip_fraction", "ratio_mean", "approx_kl", "log_ratio_clip_fraction",
+                                "advantage_mean", "advantage_std", "value_clip_fraction", "value_mean",
+                                "return_mean", "value_error", "nll"})
 KL_NORMALIZERS = NORMALIZERS + ("sum",)
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -244,7 +249,8 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, p_m
 
     Returns:
       ``(loss, metrics)`` with ``value_clip_fraction``, ``value_mean``,
-      ``return_mean``, ``value_error`` (token-mean squared error).
+      ``return_mean``, ``value_error`` (token-mean squared error),
+      ``num_tokens``.
     """
     R, T = _check_mask(p_mask)
     for name, x in (("values", values), ("old_values", old_values), ("returns", returns)):
@@ -266,6 +272,7 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, p_m
         "value_mean": _token_mean(sg(v), p_mask),
         "return_mean": _token_mean(ret, p_mask),
         "value_error": _token_mean(sg(err), p_mask),
+        "num_tokens": jnp.sum(p_mask.astype(jnp.float32)),
     }
     return loss, metrics
 

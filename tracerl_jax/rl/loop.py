@@ -137,7 +137,7 @@ def _train(run: Run, stop: StopRequest, step_fn, progress: bool) -> dict:
         say(f"[tracerl] held-out accuracy before RL: {_fmt(run.initial_accuracy)}")
     else:
         say(f"[tracerl] resumed at RL step {run.start_step}")
-    step, preempted, last_acc = run.start_step, False, None
+    step, preempted, last_acc, shown = run.start_step, False, None, {}
     bar = tqdm(range(run.start_step + 1, cfg.rl.total_steps + 1), desc="RL", unit="step", dynamic_ncols=True,
                disable=not (lead and progress))
     for step in bar:
@@ -149,7 +149,9 @@ def _train(run: Run, stop: StopRequest, step_fn, progress: bool) -> dict:
             if last_acc[1] is not None:
                 m["eval/accuracy"] = last_acc[1]
         run.writer.write(step, m)
-        bar.set_postfix(reward=f"{m['reward']:.2f}", acc=f"{m.get('eval/accuracy', float('nan')):.2f}")
+        if "eval/accuracy" in m:
+            shown["acc"] = f"{m['eval/accuracy']:.2f}"   # the latest held-out accuracy, once there is one
+        bar.set_postfix(reward=f"{m['reward']:.2f}", **shown)
         preempted = step < cfg.rl.total_steps and stop.requested()
         if step % cfg.checkpoint.every == 0 or step == cfg.rl.total_steps or preempted:
             save(run, step)

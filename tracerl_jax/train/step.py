@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from tracerl_jax.losses import TOKEN_MEAN_METRICS
 from tracerl_jax.train import sharding as shd
 from tracerl_jax.train.optimizer import set_learning_rate
 
@@ -87,6 +88,11 @@ def _identity(name: str, struct):
     return jnp.zeros(struct.shape, struct.dtype)
 
 
+def _token_weighted(name: str, metrics) -> bool:
+    """A per-token mean (``losses.TOKEN_MEAN_METRICS``) of a loss that reports its ``num_tokens``."""
+    return name in TOKEN_MEAN_METRICS and "num_tokens" in metrics
+
+
 def _combine(name: str, acc, value):
     if name.endswith("_min"):
         return jnp.minimum(acc, value)
@@ -122,15 +128,19 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     def step(state: TrainState, batch, lr):
         # Metrics named *_min / *_max are extremes over micro-batches (a
         # micro-batch with no scored token reports a sentinel that must not be
-        # averaged in); every other metric is the mean over micro-batches.
+        # averaged in); per-token means are weighted by each micro-batch's scored
+        # tokens (an empty one would otherwise count as a mean of 0); every
+        # other metric is the mean over micro-batches.
         ga = jax.tree.leaves(batch)[0].shape[0]
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
         def body(acc, micro):
             (loss, metrics), grads = grad_fn(state.params, micro)
             g_acc, l_acc, m_acc = acc
-            return (jax.tree.map(jnp.add, g_acc, grads), l_acc + loss,
-                    {k: _combine(k, m_acc[k], v) for k, v in metrics.items()}), None
+            weight = metrics.get("num_tokens")
+            new = {k: _combine(k, m_acc[k], v * weight if _token_weighted(k, metrics) else v)
+                   for k, v in metrics.items()}
+            return (jax.tree.map(jnp.add, g_acc, grads), l_acc + loss, new), None
 
         m_shape = jax.eval_shape(lambda p, b: loss_fn(p, b)[1], state.params,
                                  jax.tree.map(lambda x: x[0], batch))
@@ -139,7 +149,9 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         (grads, loss, metrics), _ = jax.lax.scan(body, zeros, batch)
         grads = jax.tree.map(lambda g: g / ga, grads)
         loss = loss / ga
-        metrics = {k: m if _extreme(k) else m / ga for k, m in metrics.items()}
+        tokens = jnp.maximum(metrics.get("num_tokens", jnp.zeros(())), 1.0)   # summed over micro-batches
+        metrics = {k: m if _extreme(k) else m / tokens if _token_weighted(k, metrics) else m / ga
+                   for k, m in metrics.items()}
 
         opt_state = set_learning_rate(state.opt_state, lr)
         # apply_if_finite inspects only the gradients, so a non-finite loss with finite
