@@ -232,11 +232,20 @@ def _state_tree(run: Run) -> dict:
 
 
 def restore(run: Run) -> bool:
-    """Restores the latest checkpoint of ``run.workdir`` into ``run`` (shardings of this run); False if none."""
-    restored = run.ckpt.restore(target=_state_tree(run))
+    """Restores the newest checkpoint of ``run.workdir`` that restores cleanly into ``run`` (this run's
+    shardings; damaged newer steps are reported and skipped) and drops metrics logged after it; False if none."""
+    restored = run.ckpt.restore(target=_state_tree(run), fall_back=True)
     if restored is None:
         return False
+    for step, reason in restored.skipped:
+        where = run.ckpt.set_aside(step)   # the resumed run writes this step again
+        if jax.process_index() == 0:
+            print(f"[tracerl] checkpoint step {step} does not restore; resuming from step {restored.step} "
+                  f"instead (moved to {where}): {reason}")
     run.start_step = restored.step
+    dropped = run.writer.resume_at(restored.step)
+    if dropped and jax.process_index() == 0:
+        print(f"[tracerl] metrics.jsonl: dropped {dropped} lines after step {restored.step} (they will be redone)")
     run.policy.state = restored.state["policy"]
     if run.value is not None:
         run.value.state = restored.state["value"]

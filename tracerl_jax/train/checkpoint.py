@@ -71,11 +71,14 @@ class Restored(NamedTuple):
       step: the restored step.
       state: name -> pytree, shaped and sharded like the target.
       meta: name -> JSON value, for every name asked for.
+      skipped: ``(step, reason)`` of newer steps that did not restore and
+        were passed over (``restore(fall_back=True)``).
     """
 
     step: int
     state: dict[str, Any]
     meta: dict[str, Any]
+    skipped: tuple = ()
 
 
 def _is_key(x) -> bool:
@@ -192,11 +195,16 @@ class CheckpointManager:
     # ------------------------------------------------------------- restore
 
     def restore(self, step: Optional[int] = None, *, target: Optional[Mapping[str, Any]] = None,
-                meta: Optional[tuple[str, ...] | list[str]] = None) -> Optional[Restored]:
+                meta: Optional[tuple[str, ...] | list[str]] = None, fall_back: bool = False) -> Optional[Restored]:
         """Restores named pytrees (into ``target``'s shapes/shardings) and JSON items.
 
         Args:
           step: the step to restore; None = the latest.
+          fall_back: with ``step`` None, a newest step that does not restore
+            (an empty or incomplete directory, missing metadata, truncated
+            tensor files, with or without a commit marker) is passed over for
+            the newest one that does; :attr:`Restored.skipped` says which and
+            why. If none restores, the newest step's error is raised.
           target: name -> pytree of arrays or ``ShapeDtypeStruct`` (see
             :func:`abstract_like`); only these names are read, each with the
             target's dtype and sharding (possibly another mesh than at save).
@@ -214,6 +222,18 @@ class CheckpointManager:
             message names the step and directory).
         """
         self.wait()
+        if step is None and fall_back:
+            skipped, first_error = [], None
+            for candidate in reversed(self.all_steps()):
+                try:
+                    restored = self.restore(candidate, target=target, meta=meta)
+                    return restored._replace(skipped=tuple(skipped))
+                except ValueError as e:
+                    skipped.append((candidate, str(e)))
+                    first_error = first_error or e
+            if first_error is not None:
+                raise first_error
+            return None
         if step is None:
             step = self.latest_step()
             if step is None:
@@ -238,6 +258,29 @@ class CheckpointManager:
                              f"differ from the saved ones): {type(e).__name__}: {e}") from e
         state = {n: _rewrap_legacy_keys(out[n][_WRAP], target[n]) for n in target}
         return Restored(step, state, {n: out[n] for n in names})
+
+    def set_aside(self, step: int) -> Path:
+        """Moves a damaged step out of the way (``<directory>/corrupt-<step>``), so the step can be written again.
+
+        Kept, not deleted: what was there may help find out what went wrong.
+        Collective in a multi-process run (process 0 moves, everyone reloads).
+
+        Returns:
+          Where the step now lies.
+        """
+        self.wait()
+        src, dst = self.directory / str(int(step)), self.directory / f"corrupt-{int(step)}"
+        if jax.process_index() == 0 and src.exists():
+            k = 1
+            while dst.exists():
+                dst, k = self.directory / f"corrupt-{int(step)}.{k}", k + 1
+            src.rename(dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"set_aside_{int(step)}")
+        self._manager.reload()
+        return dst
 
     def item_names(self, step: int) -> dict[str, str]:
         """Item name -> ``"state"`` or ``"meta"`` of a saved step (from Orbax's step metadata).

@@ -87,6 +87,20 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(str(self.workdir / TB_DIR))
 
+    def resume_at(self, step: int) -> int:
+        """Drops the JSONL lines of steps after ``step`` (written after the checkpoint a run resumes from;
+        the resumed run writes them again), so the log has each step once. Returns the lines dropped."""
+        if not self.active or not self.jsonl_path.is_file():
+            return 0
+        self._file.flush()
+        lines = self.jsonl_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = [ln for ln in lines if not ln.strip() or json.loads(ln).get("step", -1) <= step]
+        if len(keep) != len(lines):
+            self._file.close()
+            self.jsonl_path.write_text("".join(keep), encoding="utf-8")
+            self._file = open(self.jsonl_path, "a", encoding="utf-8")
+        return len(lines) - len(keep)
+
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         """Records the scalar entries of ``metrics`` at ``step``.
 
