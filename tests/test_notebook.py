@@ -43,10 +43,11 @@ def test_notebook_is_clean_and_colab_ready():
     code = [c for c in nb.cells if c.cell_type == "code"]
     for c in code:
         assert c.outputs == [] and c.execution_count is None, "save the notebook without outputs"
-    # First cell installs from git only when the package is missing; no local paths anywhere.
+    # First cell installs, only when the package is missing, from the clone the notebook runs in (found by
+    # walking up from the working directory; no guessed repository URL); no local paths anywhere.
     first = code[0].source
-    assert "import tracerl_jax" in first and "except ImportError" in first and "%pip install" in first
-    assert "git+" in first
+    assert "import tracerl_jax" in first and "except ImportError" in first and "%pip install -q -e" in first
+    assert "git+" not in first and "setup.cfg" in first
     text = "\n".join(c.source for c in nb.cells)
     assert "/work/" not in text and "sys.path" not in text
     params = nb.cells[_parameters_index(nb)].source
