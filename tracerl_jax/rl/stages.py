@@ -161,8 +161,7 @@ def trace_rows(batch: "RolloutBatch", *, family: Family, settings: RowSettings, 
 
 def _masked_rows(batch: "RolloutBatch", family: Family, settings: RowSettings, key, coupled: bool) -> Rows:
     ro = batch.rollout
-    completion = jnp.arange(ro.tokens.shape[1])[None] < jnp.asarray(ro.lengths)[:, None]
-    response = jnp.where(completion, jnp.asarray(ro.tokens), settings.pad_id)  # PAD after the completion
+    response = jnp.where(completion_mask(batch), jnp.asarray(ro.tokens), settings.pad_id)  # PAD after the completion
     return baselines.random_masking_rows(
         key, jnp.asarray(batch.prompts), jnp.asarray(batch.prompt_valid), response, layout=family.layout(settings),
         mask_id=settings.mask_id, pad_id=settings.pad_id, lower_p=settings.lower_p, upper_p=settings.upper_p,
@@ -183,7 +182,7 @@ def coupled_rows(batch: "RolloutBatch", *, family: Family, settings: RowSettings
 
 
 def build_policy_rows(method: str, batch: RolloutBatch, *, family: Family, settings: RowSettings,
-                      key: jax.Array) -> tuple[Rows, np.ndarray]:
+                      key: jax.Array) -> tuple[Rows, jax.Array]:
     """Training rows of the RL method ``method`` (a :data:`ROW_BUILDERS` name) for every response.
 
     Rows of groups the reward filter dropped are marked invalid.
