@@ -93,9 +93,11 @@ def test_arithmetic_precedence_and_answer_forms():
     task = tasks.get_task("arithmetic")
     n = int(e.answer)
     for good in [f"\\boxed{{{n}}}", f"so \\boxed{{ {n} }}", f"\\boxed{{{n}.0}}",
-                 f"\\boxed{{1}} wait \\boxed{{{n}}}", f"\\boxed{{{n:,}}}"]:
+                 f"\\boxed{{{n}}} i.e. \\boxed{{{n}.0}}", f"\\boxed{{{n:,}}}"]:
         assert task.verify(good, e) == 1.0, good
+    # Every box counts (§7.1): a corrected earlier answer is still a second, different answer.
     for bad in [f"\\boxed{{{n + 1}}}", f"\\boxed{{{n}}} then \\boxed{{{n + 1}}}",
+                f"\\boxed{{1}} wait \\boxed{{{n}}}",
                 f"\\boxed{{{n}.5}}", f"\\boxed{{{n}", "", f"{n}"]:
         assert task.verify(bad, e) == 0.0, bad
 

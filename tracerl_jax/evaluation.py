@@ -64,8 +64,9 @@ def default_verifier(examples: Sequence[Example]) -> BatchVerifyFn:
 
     * Built-in tasks (``meta["task"]`` registered): the task's own verifier.
     * Other ``kind == "math"`` examples (MATH500, GSM8K, reference math
-      files): :func:`tracerl_jax.rewards.score_math` (math-verify, last
-      ``\\boxed{}`` answer against ``Example.answer``), imported lazily.
+      files): :func:`tracerl_jax.rewards.score_math` (math-verify, every
+      ``\\boxed{}`` answer against ``Example.answer``; boxes echoed from
+      ``Example.question`` are left out), imported lazily.
 
     Raises:
       ValueError: for examples of another kind (code needs test execution;
@@ -87,7 +88,8 @@ def default_verifier(examples: Sequence[Example]) -> BatchVerifyFn:
         if math_idx:
             from tracerl_jax.rewards import score_math  # lazy: starts worker processes
 
-            results = score_math([responses[i] for i in math_idx], [exs[i].answer for i in math_idx])
+            results = score_math([responses[i] for i in math_idx], [exs[i].answer for i in math_idx],
+                                 prompts=[exs[i].question for i in math_idx])
             for i, res in zip(math_idx, results):
                 rewards[i] = float(res.reward)
         return rewards

@@ -1,5 +1,10 @@
 """Math reward: answer extraction (§7.1) and equivalence judged by math-verify (§7.2).
 
+By default a response must commit to one answer: every final answer it gives (not copied from
+the prompt) is judged and all must be right, and an answer written as alternatives scores 0, so a
+policy cannot collect the reward by hedging. ``compat="reference"`` keeps the reference's rule
+(the last box only).
+
 The reference grades with a Hendrycks-style string stage and sympy; this port judges with the
 `math-verify` library instead (DESIGN.md "real verifiers"). Every judgement runs in a worker
 process of `MathJudge`, so a pathological expression can be stopped by killing the process
@@ -25,7 +30,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 # One extraction rule for the whole library (§7.1); the task verifiers use it too.
-from tracerl_jax.tasks.answers import _BOXED, extract_boxed
+from tracerl_jax.tasks.answers import (
+    _BOXED,
+    _GSM8K_MARK,
+    boxed_answers,
+    distinct_answers,
+    extract_boxed,
+    gsm8k_answers,
+    is_disjunction,
+)
 
 __all__ = [
     "NO_ANSWER_SENTINEL",
@@ -42,13 +55,16 @@ NO_ANSWER_SENTINEL = "Can not extract the answer!"
 """What the reference puts in place of a missing answer (§7.1); our extractors return None."""
 
 _WORKER_PATH = str(pathlib.Path(__file__).with_name("_math_worker.py"))
-_GSM8K_MARK = "####"
+_COMPAT = ("default", "reference")
 
 Extractor = Callable[[str], "str | None"]
 
 
 def extract_gsm8k(text: str) -> str | None:
-    """Returns the answer after the last ``####`` marker (GSM8K format).
+    """Returns the answer after the last ``####`` marker (GSM8K format, the reference's rule).
+
+    `score_math` reads every marker instead (`tracerl_jax.tasks.answers.gsm8k_answers`) unless
+    ``compat="reference"``.
 
     Args:
       text: a model response or a GSM8K reference solution.
@@ -67,6 +83,9 @@ def extract_gsm8k(text: str) -> str | None:
 
 
 _EXTRACTORS: dict[str, Extractor] = {"boxed": extract_boxed, "gsm8k": extract_gsm8k}
+# What the default (hedging-aware) rule reads for each named extraction: all answers, echoes out.
+_ALL_ANSWERS: dict[str, Callable[[str, "str | None"], list[str]]] = {
+    "boxed": boxed_answers, "gsm8k": gsm8k_answers}
 
 
 def _resolve_extract(extract: str | Extractor) -> Extractor:
@@ -117,12 +136,20 @@ class MathResult:
     """Math reward of one response.
 
     Attributes:
-      correct: the answer equals the gold answer and the response was not truncated.
-      extracted: the extracted answer, or None (reference: `NO_ANSWER_SENTINEL`).
-      timed_out: the judgement hit a time limit (counts as incorrect unless math-verify still
+      correct: every answer the response commits to equals the gold answer and the response
+        was not truncated.
+      extracted: the (last) extracted answer, or None (reference: `NO_ANSWER_SENTINEL`).
+      timed_out: a judgement hit a time limit (counts as incorrect unless math-verify still
         found an equal pair).
       truncated: the length-cap rule forced the response to incorrect (§7.4 step 1).
-      error: a judging error, or None.
+      error: why the response is incorrect other than by its value, or None: a judging error,
+        "answer too long", or for a hedged response "hedged: ..." saying how.
+      hedged: the response scored 0 for hedging: an answer written as alternatives while the
+        gold answer has none, more than 16 different answers, or several different answers of
+        which some equal the gold answer and some do not. Count these to see how often a
+        policy hedges.
+      answers: the different answers the response commits to, in order (one for
+        ``compat="reference"`` and for callable extractors).
     """
 
     correct: bool
@@ -130,6 +157,8 @@ class MathResult:
     timed_out: bool = False
     truncated: bool = False
     error: str | None = None
+    hedged: bool = False
+    answers: tuple[str, ...] = ()
 
     @property
     def reward(self) -> float:
@@ -379,16 +408,60 @@ def _as_boxed(answer: str) -> str:
     return _BOXED + answer + "}"
 
 
+_MAX_ANSWERS = 16
+"""More different answers than this score 0 unjudged (hedged), so one response cannot queue
+thousands of judgements."""
+
+
+def _answers_of(response, prompt: str | None, extract: str | Extractor, extractor: Extractor,
+                compat: str) -> tuple[str, ...]:
+    """The answers a response commits to under `compat` (see `score_math`)."""
+    if not isinstance(response, str):
+        return ()
+    if compat == "reference" or callable(extract):
+        answer = extract_answer(response, extractor)
+        if compat == "reference":
+            return () if answer is None else (answer,)
+        return tuple(distinct_answers([answer] if answer is not None else []))
+    return tuple(distinct_answers(_ALL_ANSWERS[extract](response, prompt)))
+
+
 def score_math(responses: Sequence[str], gold: Sequence[str], *,
                extract: str | Extractor = "boxed", timeout_s: float = 5.0,
                max_tokens: int | None = None, response_lengths: Sequence[int] | None = None,
-               max_answer_chars: int = 10_000, judge: MathJudge | None = None
+               max_answer_chars: int = 10_000, judge: MathJudge | None = None,
+               prompts: Sequence[str | None] | None = None, compat: str = "default"
                ) -> list[MathResult]:
     """Scores math responses against gold answers (§7.1, §7.2, §7.4 step 1).
 
-    The answer of each response is extracted with `extract`; the answer and the gold answer are
-    each wrapped in ``\\boxed{}`` and judged by ``math_verify.verify(parse(gold), parse(pred))``
-    in a worker process with a hard timeout.
+    Each answer is wrapped in ``\\boxed{}``, as is the gold answer, and judged by
+    ``math_verify.verify(parse(gold), parse(pred))`` in a worker process with a hard timeout.
+
+    Which answers (``compat="default"``): every final answer the response commits to, so that
+    hedging cannot earn the reward.
+
+    * "boxed" reads every outermost ``\\boxed{}`` (`tracerl_jax.tasks.answers.boxed_answers`:
+      a box nested in a box is part of the outer answer; a ``\\boxed{`` that never closes
+      leaves no answer), "gsm8k" every ``####`` line (`gsm8k_answers`); a callable gives one
+      answer.
+    * Echoes are not the response's own answers: a box (or ``####`` line) that occurs verbatim,
+      together with the 24 characters before it, in that response's prompt is left out, so a
+      copied few-shot exemplar is not scored; an answer with less text before it is never an
+      echo (`tracerl_jax.tasks.answers.is_echo`).
+    * Blank answers are dropped and repeats (up to spacing) kept once; each remaining answer is
+      judged against the gold answer and the response is correct only if all are. The same
+      value written twice, even in different forms (``\\frac12`` and ``0.5``), still scores 1;
+      two different values score 0.
+    * An answer written as alternatives (``17 \\lor 18``, ``x=17 \\text{ or } x=18``, "either
+      ... or", see `is_disjunction`) scores 0 unjudged, unless the gold answer is itself
+      written with one.
+    * More than 16 different answers score 0 unjudged.
+    * `MathResult.hedged` flags the zeros these rules cause: alternatives, too many answers, or
+      several answers of which some equal the gold answer and some do not.
+
+    ``compat="reference"`` reproduces the reference: only the last box (or the last ``####``
+    line, or the callable's answer) is judged, `prompts` is ignored and nothing is checked for
+    hedging.
 
     Args:
       responses: model outputs.
@@ -399,8 +472,12 @@ def score_math(responses: Sequence[str], gold: Sequence[str], *,
       max_tokens: with `response_lengths`, the reference length cap: a response whose length
         is >= max_tokens - 5 is incorrect (truncation penalty).
       response_lengths: response lengths in tokens, same length as `responses`.
-      max_answer_chars: longer extracted answers are judged incorrect without parsing.
+      max_answer_chars: a response with a longer answer is incorrect without parsing.
       judge: the worker pool to use; defaults to a shared `MathJudge`.
+      prompts: the prompt (e.g. the question, with any few-shot exemplars) of each response,
+        same length as `responses`, for leaving out echoed answers; None (or a None entry)
+        leaves nothing out.
+      compat: "default" (the rules above) or "reference".
 
     Returns:
       One `MathResult` per response.
@@ -409,6 +486,8 @@ def score_math(responses: Sequence[str], gold: Sequence[str], *,
     if len(responses) != len(gold):
         raise ValueError(f"responses and gold must have equal length, got {len(responses)} "
                          f"and {len(gold)}")
+    if compat not in _COMPAT:
+        raise ValueError(f"compat must be one of {_COMPAT}, got {compat!r}")
     extractor = _resolve_extract(extract)
     if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
         raise ValueError(f"timeout_s must be a positive finite number, got {timeout_s!r}")
@@ -426,28 +505,55 @@ def score_math(responses: Sequence[str], gold: Sequence[str], *,
         if len(response_lengths) != len(responses):
             raise ValueError(f"response_lengths must have length {len(responses)}, got "
                              f"{len(response_lengths)}")
+    if prompts is None:
+        prompts = [None] * len(responses)
+    else:
+        prompts = list(prompts)
+        if len(prompts) != len(responses):
+            raise ValueError(f"prompts must have length {len(responses)}, got {len(prompts)}")
+        for i, p in enumerate(prompts):
+            if p is not None and not isinstance(p, str):
+                raise ValueError(f"prompts[{i}] must be a str or None, got {type(p).__name__}")
     for i, g in enumerate(gold):
         if not isinstance(g, str):
             raise ValueError(f"gold[{i}] must be a str, got {type(g).__name__}")
 
+    hedging = compat == "default"
     results: list[MathResult | None] = [None] * len(responses)
-    to_judge: list[int] = []
-    answers: list[str | None] = []
+    pairs: list[tuple[int, str]] = []  # (response index, answer) to judge against its gold
+    committed: list[tuple[str, ...]] = []
     for i, response in enumerate(responses):
-        answer = extract_answer(response, extractor) if isinstance(response, str) else None
-        answers.append(answer)
+        answers = _answers_of(response, prompts[i], extract, extractor, compat)
+        committed.append(answers)
+        last = answers[-1] if answers else None
         if response_lengths is not None and response_lengths[i] >= max_tokens - 5:
-            results[i] = MathResult(False, answer, truncated=True)
-        elif answer is None:
+            results[i] = MathResult(False, last, truncated=True, answers=answers)
+        elif not answers:
             results[i] = MathResult(False, None)
-        elif len(answer) > max_answer_chars:
-            results[i] = MathResult(False, answer, error="answer too long")
+        elif hedging and len(answers) > _MAX_ANSWERS:
+            results[i] = MathResult(False, last, hedged=True, answers=answers,
+                                    error=f"hedged: more than {_MAX_ANSWERS} different answers")
+        elif any(len(a) > max_answer_chars for a in answers):
+            results[i] = MathResult(False, last, error="answer too long", answers=answers)
+        elif (hedging and not is_disjunction(gold[i])
+              and any(is_disjunction(a) for a in answers)):
+            results[i] = MathResult(False, last, hedged=True, answers=answers,
+                                    error="hedged: an answer offers alternatives")
         else:
-            to_judge.append(i)
-    if to_judge:
+            pairs.extend((i, a) for a in answers)
+    if pairs:
         judge = judge if judge is not None else _get_default_judge()
-        verdicts = judge.judge([_as_boxed(gold[i]) for i in to_judge],
-                               [_as_boxed(answers[i]) for i in to_judge], timeout_s=timeout_s)
-        for i, v in zip(to_judge, verdicts):
-            results[i] = MathResult(v.correct, answers[i], timed_out=v.timed_out, error=v.error)
+        verdicts = judge.judge([_as_boxed(gold[i]) for i, _ in pairs],
+                               [_as_boxed(a) for _, a in pairs], timeout_s=timeout_s)
+        by_response: dict[int, list[Judgement]] = {}
+        for (i, _), v in zip(pairs, verdicts):
+            by_response.setdefault(i, []).append(v)
+        for i, vs in by_response.items():
+            correct = all(v.correct for v in vs)
+            hedged = not correct and any(v.correct for v in vs)
+            error = ("hedged: several different answers" if hedged
+                     else next((v.error for v in vs if v.error), None))
+            results[i] = MathResult(correct, committed[i][-1],
+                                    timed_out=any(v.timed_out for v in vs), error=error,
+                                    hedged=hedged, answers=committed[i])
     return results  # type: ignore[return-value]

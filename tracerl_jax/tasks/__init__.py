@@ -15,7 +15,9 @@ TFDS (array_record, no TensorFlow needed; loaded on first use)::
 
     source = load_tfds("countdown", "train", data_dir)
 """
-from tracerl_jax.tasks.answers import extract_boxed, parse_int
+from tracerl_jax.tasks.answers import (boxed_answers, distinct_answers,
+                                       extract_boxed, gsm8k_answers,
+                                       is_disjunction, is_echo, parse_int)
 from tracerl_jax.tasks.arithmetic import Arithmetic
 from tracerl_jax.tasks.base import Task
 from tracerl_jax.tasks.countdown import Countdown
@@ -44,7 +46,8 @@ def __getattr__(name):
 
 __all__ = [
     "Arithmetic", "Countdown", "Example", "SPLITS", "Sudoku4", "Task",
-    "extract_boxed", "get_task", "gsm8k_answer", "load_examples",
+    "boxed_answers", "distinct_answers", "extract_boxed", "get_task",
+    "gsm8k_answer", "gsm8k_answers", "is_disjunction", "is_echo", "load_examples",
     "load_gsm8k", "load_math500", "load_reference", "parse_int",
     "read_jsonl", "register_task", "shipped_path", "split_of", "task_names",
     "verify", *_TFDS_NAMES,

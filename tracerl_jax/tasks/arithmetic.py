@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from tracerl_jax.tasks.answers import extract_boxed, parse_int
+from tracerl_jax.tasks.answers import (boxed_answers, distinct_answers,
+                                       is_disjunction, parse_int)
 from tracerl_jax.tasks.base import Task, check_int, check_ops
 from tracerl_jax.tasks.example import Example
 
@@ -78,5 +79,9 @@ class Arithmetic(Task):
         return example.meta["expression"]
 
     def score(self, response: str, example: Example) -> float:
-        got = parse_int(extract_boxed(response) or "")
-        return float(got is not None and got == int(example.answer))
+        """1.0 iff every box not echoed from the question holds the answer (as an integer)."""
+        answers = distinct_answers(boxed_answers(response, example.question))
+        if not answers or any(map(is_disjunction, answers)):
+            return 0.0
+        want = int(example.answer)
+        return float(all(parse_int(a) == want for a in answers))

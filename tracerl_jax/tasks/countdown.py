@@ -12,7 +12,8 @@ import fractions
 import random
 import re
 
-from tracerl_jax.tasks.answers import extract_boxed, parse_int
+from tracerl_jax.tasks.answers import (boxed_answers, distinct_answers,
+                                       is_disjunction, parse_int)
 from tracerl_jax.tasks.base import Task, check_int, check_ops
 from tracerl_jax.tasks.example import Example
 
@@ -160,23 +161,38 @@ class Countdown(Task):
         return f"{','.join(map(str, numbers))}->{example.meta['target']}"
 
     def score(self, response: str, example: Example) -> float:
-        boxed = extract_boxed(response)
-        if boxed is None or len(boxed) > _MAX_EXPR_LEN:
+        """1.0 iff every box not echoed from the question is a valid expression for it.
+
+        Several boxes may spell different valid expressions; one that is not valid (or a
+        disjunction) scores 0, so a wrong candidate cannot ride along with a right one.
+        """
+        answers = distinct_answers(boxed_answers(response, example.question))
+        if not answers or any(map(is_disjunction, answers)):
             return 0.0
-        for old, new in _SPELLINGS:
-            boxed = boxed.replace(old, new)
-        target = int(example.meta["target"])
-        sides = boxed.split("=")
-        if len(sides) == 2:
-            # "expr = target" or "target = expr"; the number side must be right.
-            if parse_int(sides[1]) == target:
-                boxed = sides[0]
-            elif parse_int(sides[0]) == target:
-                boxed = sides[1]
-            else:
-                return 0.0
-        elif len(sides) > 2:
-            return 0.0
-        value, used = evaluate(boxed, example.meta["ops"])
-        ok = value == target and sorted(used) == sorted(example.meta["numbers"])
-        return float(ok)
+        return float(all(_solves(a, example) for a in answers))
+
+
+def _solves(boxed: str, example: Example) -> bool:
+    """Whether one boxed answer uses the numbers once each and hits the target.
+
+    Raises:
+      ValueError: for text that is not a plain arithmetic expression.
+    """
+    if len(boxed) > _MAX_EXPR_LEN:
+        return False
+    for old, new in _SPELLINGS:
+        boxed = boxed.replace(old, new)
+    target = int(example.meta["target"])
+    sides = boxed.split("=")
+    if len(sides) == 2:
+        # "expr = target" or "target = expr"; the number side must be right.
+        if parse_int(sides[1]) == target:
+            boxed = sides[0]
+        elif parse_int(sides[0]) == target:
+            boxed = sides[1]
+        else:
+            return False
+    elif len(sides) > 2:
+        return False
+    value, used = evaluate(boxed, example.meta["ops"])
+    return value == target and sorted(used) == sorted(example.meta["numbers"])

@@ -5,7 +5,8 @@ import dataclasses
 import functools
 import random
 
-from tracerl_jax.tasks.answers import extract_boxed
+from tracerl_jax.tasks.answers import (boxed_answers, distinct_answers,
+                                       is_disjunction)
 from tracerl_jax.tasks.base import Task, check_int
 from tracerl_jax.tasks.example import Example
 
@@ -135,9 +136,12 @@ class Sudoku4(Task):
         return example.meta["puzzle"]
 
     def score(self, response: str, example: Example) -> float:
-        boxed = extract_boxed(response)
-        if boxed is None or len(boxed) > 200:
+        """1.0 iff every box not echoed from the question holds the solved grid."""
+        answers = distinct_answers(boxed_answers(response, example.question))
+        if not answers or any(len(a) > 200 or is_disjunction(a) for a in answers):
             return 0.0
-        # Rows may be separated by spaces, slashes or newlines; only digits count.
-        grid = [int(c) for c in boxed if c in "0123456789"]
-        return float(is_solution(grid, example.meta["puzzle"]))
+        # Rows may be separated by spaces, slashes or newlines; only digits count. The solution
+        # is unique, so boxes that all solve the puzzle hold one grid.
+        return float(all(
+            is_solution([int(c) for c in a if c in "0123456789"], example.meta["puzzle"])
+            for a in answers))
