@@ -219,7 +219,7 @@ def test_evaluate_dream_threshold_rule(tmp_path):
     cfg.checkpoint = "random:tiny-dream"
     cfg.output_dir = str(tmp_path)
     cfg.warmup = False
-    cfg.sampler.threshold = 0.0    # every candidate passes (>=): a block in one forward pass
+    cfg.sampler.threshold = 1e-6    # every candidate passes (a top-1 probability is >= 1/V): a block per pass
     cfg.sampler.early_stop = False
     res = evaluate_example.evaluate_checkpoint(cfg, write=lambda line: None)
     gens = [json.loads(line) for line in Path(res["generations_path"]).read_text().splitlines()]
