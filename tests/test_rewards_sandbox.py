@@ -279,3 +279,56 @@ def test_uid_reaper_kills_setsid_escapees(sandbox):
     finally:
         for p in procs:
             p.kill()
+
+
+def test_worker_threads_start_with_the_sandbox_and_end_with_close():
+    # A caller that checks its own state between calls must see the sandbox change its threads
+    # only at construction and close(), never during run() (issue 16 item 6).
+    import threading
+
+    from tracerl_jax.rewards import CodeTask, score_code
+
+    before = set(threading.enumerate())
+    count_before = threading.active_count()
+    sb = LocalSandbox(max_workers=3)
+    try:
+        started = set(threading.enumerate()) - before
+        assert len(started) == 3 and all(t.name.startswith("tracerl-sandbox") for t in started)
+        running = set(threading.enumerate())
+        count = threading.active_count()
+        assert count == count_before + 3
+        jobs = [ExecJob("x = 1", tests=("assert x == 1",)),
+                ExecJob("print(input())", "stdio", inputs=("a", "b", "c", "d"),
+                        expected_outputs=("a", "b", "c", "x"))]
+        for n in (1, 2, 5):  # Fewer, as many and more units than workers.
+            results = sb.run(jobs * n)
+            assert [r.passed for r in results[:2]] == [(True,), (True, True, True, False)]
+            assert threading.active_count() == count and set(threading.enumerate()) == running
+        tasks = [CodeTask("function", tests=("assert f() == 2",))] * 4
+        responses = ["```python\ndef f():\n    return 2\n```"] * 2 + ["no code", "```py\n1/0\n```"]
+        assert [r.reward for r in score_code(responses, tasks, executor=sb)] == [1, 1, 0, 0]
+        assert threading.active_count() == count and set(threading.enumerate()) == running
+    finally:
+        sb.close()
+    assert threading.active_count() == count_before
+    assert not any(t.is_alive() for t in started)
+    sb.close()  # Idempotent.
+    with pytest.raises(RuntimeError, match="closed"):
+        sb.run([ExecJob("pass", tests=("assert True",))])
+
+
+def test_unclosed_sandbox_stops_its_threads_when_collected():
+    import gc
+    import threading
+
+    before = set(threading.enumerate())
+    count_before = threading.active_count()
+    sb = LocalSandbox(max_workers=2)
+    assert sb.run([ExecJob("pass", tests=("assert True",))])[0].passed == (True,)
+    threads = set(threading.enumerate()) - before
+    assert len(threads) == 2
+    del sb
+    gc.collect()
+    for t in threads:
+        t.join(timeout=10)
+    assert threading.active_count() == count_before

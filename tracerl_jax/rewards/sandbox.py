@@ -62,7 +62,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from tracerl_jax.rewards.executor import ExecJob, ExecResult, outputs_match
@@ -74,6 +74,64 @@ _SANDBOX_ERROR_EXIT = 121
 _REPORT_CHARS = 4096  # How much stdout/stderr a result keeps for debugging.
 _CTL_CAP = 8 << 20
 _EXIT_GRACE_S = 0.2
+
+def _pool_worker(tasks: queue.SimpleQueue) -> None:
+    while True:
+        item = tasks.get()
+        if item is None:
+            return
+        future, fn, args = item
+        del item
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # Delivered to the caller through the future.
+                future.set_exception(e)
+        # The job's callable holds the sandbox; an idle worker must not keep it alive.
+        del future, fn, args
+
+
+class _FixedPool:
+    """A fixed set of worker threads, all started at construction.
+
+    `concurrent.futures.ThreadPoolExecutor` starts its threads one per submission until it has
+    `max_workers`, so a caller's thread count grew over the first concurrent calls; a caller
+    that checks its own state between calls (threads included) saw the sandbox change it.
+    Here the count changes only at construction and `shutdown`.
+    """
+
+    def __init__(self, num_threads: int, name: str):
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
+        # Daemon threads: the interpreter joins non-daemon threads before atexit handlers run,
+        # so an unclosed sandbox would otherwise hang the exit with its idle workers.
+        self._threads = [threading.Thread(target=_pool_worker, args=(self._tasks,),
+                                          name=f"{name}_{i}", daemon=True)
+                         for i in range(num_threads)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the worker pool is shut down")
+            self._tasks.put((future, fn, args))
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Lets queued work finish, then stops every thread (joined when `wait`)."""
+        with self._lock:
+            if not self._stopped:
+                self._stopped = True
+                for _ in self._threads:
+                    self._tasks.put(None)
+        if wait:
+            for t in self._threads:
+                if t is not threading.current_thread():
+                    t.join()
+
 
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
@@ -232,7 +290,7 @@ class LocalSandbox:
     """
 
     def __init__(self, config: SandboxConfig | None = None, max_workers: int | None = None):
-        """Creates the worker pool.
+        """Creates the worker pool and starts all of its `max_workers` threads.
 
         Args:
           config: limits and isolation switches; defaults to `SandboxConfig()`.
@@ -265,7 +323,10 @@ class LocalSandbox:
         os.chmod(self._base, 0o711)
         # Also removed when the sandbox is garbage-collected without close().
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._base, True)
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="tracerl-sandbox")
+        # Every worker thread starts here, so calls never change the caller's thread count.
+        self._pool = _FixedPool(max_workers, "tracerl-sandbox")
+        # Also stopped when the sandbox is garbage-collected without close().
+        weakref.finalize(self, self._pool.shutdown, False)
         self._closed = False
         self._lock = threading.Lock()
         python = os.path.realpath(self.config.python)
@@ -286,7 +347,8 @@ class LocalSandbox:
         self.close()
 
     def close(self) -> None:
-        """Waits for running programs, then frees the worker slots and the temp directory."""
+        """Waits for running programs, then stops the worker threads and frees the worker slots
+        and the temp directory."""
         with self._lock:
             if self._closed:
                 return
