@@ -13,6 +13,17 @@ def get_config():
     c.workdir = "runs/trado_4b"
     c.model.init = "/path/to/TraDo-4B-Instruct"   # HF directory (config.json + safetensors)
     c.model.remat = True                          # gradient checkpointing on (reference)
+    c.model.scan_layers = True                    # 36 layers scanned: compiles like one layer
+    c.model.param_dtype = "float32"               # float32 master weights
+    c.model.dtype = "bfloat16"                    # bf16 compute, as the reference trains (mixed_precision bf16)
+    c.rl.opt_state_dtype = "float32"              # float32 AdamW moments
+    # Memory plan (python benchmarks/memory_plan.py --preset trado-4b --mesh 1,8,1; GiB per device):
+    # policy step 23.8 (float32 weights + AdamW moments: 5.6 of it); the sampler needs 203.3 for the step's
+    # 64 x 16 = 1024 responses in one call (128 rows per device) but 53.6 in calls of 32 rows per device,
+    # so the step is sampled in chunks: peak 53.6 GiB, fits 8 x H100 80 GB (set
+    # XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 on GPUs: JAX's default 0.75 leaves 60 GiB of the 80).
+    c.rollout.rows_per_device = 32
+    c.mesh = (1, -1, 1)                           # FSDP over every device
     c.tokenizer = "/path/to/TraDo-4B-Instruct"    # tokenizer.json of the checkpoint
     c.prompt_len = 784                            # training.max_prompt_len (bucketed to a block multiple)
     c.rollout.num_prompts = 64                    # rollout.num_task_per_step

@@ -261,6 +261,12 @@ def test_bad_config_is_a_clear_value_error():
         setup.check_config(cfg(rollout__gen_length=30))
     with pytest.raises(ValueError, match="value model supports rl.method='TraceRL' only"):
         setup.check_config(cfg(rl__method="coupled", value__enabled=True))
+    with pytest.raises(ValueError, match=r"rollout.rows_per_device must be an int >= 1 or None"):
+        setup.check_config(cfg(rollout__rows_per_device=0))
+    # 16 x 8 = 128 responses: calls of 3 x 2 devices do not divide them, calls of 8 x 2 do
+    with pytest.raises(ValueError, match=r"rollout.rows_per_device=3: each process's 128 responses .* 6 rows"):
+        setup.check_config(cfg(rollout__rows_per_device=3), device_count=2)
+    setup.check_config(cfg(rollout__rows_per_device=8), device_count=2)
     with pytest.raises(ValueError, match="needs all of coordinator_address, num_processes and process_id"):
         distributed.init_distributed("localhost:1234", None, 0)
     with pytest.raises(ValueError, match=r"process_id must be in \[0, num_processes=2\)"):
@@ -274,9 +280,11 @@ def test_bad_config_is_a_clear_value_error():
     assert specs.load_scorer("tests.test_rl_example:digit_reward") is digit_reward
 
 
-@pytest.mark.parametrize("recipe_name", ["trado_4b", "trado_4b_value", "trado_8b"])
-@pytest.mark.parametrize("devices", [1, 8, 16])
-def test_accelerator_recipes_split_over_any_device_count(recipe_name, devices):
+@pytest.mark.parametrize("recipe_name,family,per_device,accum", [
+    ("trado_4b", "sdar", 32, 32), ("trado_4b_value", "sdar", 32, 32), ("trado_8b", "sdar", 32, 32),
+    ("llada_8b", "llada", 256, 128), ("dream_7b", "dream", 256, 128)])
+@pytest.mark.parametrize("devices", [1, 8, 16, 64])
+def test_accelerator_recipes_split_over_any_device_count(recipe_name, family, per_device, accum, devices):
     # The reference states its update per GPU (batch_size_lm 1 x GA 32); a fixed global
     # batch_rows would leave 1-row micro-batches that cannot split over 8 devices.
     import importlib
@@ -285,8 +293,8 @@ def test_accelerator_recipes_split_over_any_device_count(recipe_name, devices):
 
     c = importlib.import_module(f"configs.{recipe_name}").get_config()
     setup.resolve_batch_rows(c, devices)
-    assert c.rl.batch_rows == 32 * devices and c.rl.grad_accum == 32
-    setup.check_config(c, device_count=devices, process_count=1)
+    assert c.rl.batch_rows == per_device * devices and c.rl.grad_accum == accum
+    setup.check_config(c, family=family, device_count=devices, process_count=1)
 
 
 def test_batch_rows_per_device_is_checked():

@@ -30,7 +30,7 @@ def results(tmp_path_factory):
     return dict(np.load(out))
 
 
-@pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.parametrize("mesh", MESHES + ("1x8x1-chunked",))
 def test_sharded_rollout_equals_one_device(results, mesh):
     get = lambda tag, k: results[f"rollout/1.0/{tag}/{k}"]  # noqa: E731
     for k in ("tokens", "step_map", "lengths", "num_steps"):

@@ -5,7 +5,8 @@
 process so both sides compile with the same XLA, the rollout of the block
 sampler and one value-model update on device 0 alone and on the meshes
 ``(data, fsdp, tensor) = (1, 4, 2)`` and ``(1, 8, 1)`` with the parameters
-sharded by the library's rule table, and saves both for the test to compare.
+sharded by the library's rule table (the rollout also in two sampler calls
+of 8 rows, ``rollout.rows_per_device=1``), and saves both for the test to compare.
 """
 
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 
 from tests.helpers.policy_step_case import CFG, EOS, GA, MASK, PAD
 from tracerl_jax.models import cache_init_fn, init_model, sampler_forward_fn, split_model, value_model_from_policy
-from tracerl_jax.rl.distributed import global_sampler
+from tracerl_jax.rl.distributed import chunked_sampler, global_sampler
 from tracerl_jax.sampling import BlockSamplerConfig, make_block_sampler
 from tracerl_jax.scoring import trajectory_values
 from tracerl_jax.train import sharding as shd
@@ -37,12 +38,12 @@ def prompts_batch(n=16, L0=8, seed=1):
     return prompts, prompts != PAD
 
 
-def rollout(params, graphdef, mesh, temperature):
+def rollout(params, graphdef, mesh, temperature, rows_per_call=None):
     scfg = BlockSamplerConfig(gen_length=16, mask_id=MASK, eos_id=EOS, pad_id=PAD, block_size=4, steps_per_block=4,
                               strategy="low_confidence_dynamic", threshold=0.3, temperature=temperature)
     sample = make_block_sampler(sampler_forward_fn(graphdef), cache_init_fn(CFG), scfg)
     if mesh is not None:
-        sample = global_sampler(sample, mesh)
+        sample = chunked_sampler(global_sampler(sample, mesh), rows_per_call)
         params = jax.device_put(params, shd.named(mesh, shd.param_specs(params, mesh)))
     prompts, valid = prompts_batch()
     ro = sample(params, prompts, valid, rng=jax.random.key(5))
@@ -117,6 +118,9 @@ if __name__ == "__main__":
         for tag, mesh in [("one", None)] + [("x".join(map(str, s)), shd.make_mesh(*s)) for s in MESHES]:
             for k, v in rollout(params, graphdef, mesh, temperature).items():
                 out[f"rollout/{temperature}/{tag}/{k}"] = v
+        # rollout.rows_per_device=1: the 16 rows in two calls of 8 (one row per device)
+        for k, v in rollout(params, graphdef, shd.make_mesh(1, 8, 1), temperature, rows_per_call=8).items():
+            out[f"rollout/{temperature}/1x8x1-chunked/{k}"] = v
     for tag, mesh in [("one", None)] + [("x".join(map(str, s)), shd.make_mesh(*s)) for s in MESHES]:
         loss, flat, vals = value_update(mesh)
         out[f"value/{tag}/loss"] = np.asarray(loss)

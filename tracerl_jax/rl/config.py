@@ -7,6 +7,7 @@ anything is built or allocated, as a ``ValueError`` naming the field.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -92,6 +93,17 @@ def model_settings(cfg) -> dict:
                 dtype=m.get("dtype", "float32"), scan_layers=m.get("scan_layers", False))
 
 
+def rollout_rows_per_call(cfg, mesh, process_count: int = 1) -> Optional[int]:
+    """This process's rows per rollout sampler call (``rollout.rows_per_device`` x its batch devices).
+
+    ``None`` (the field unset) samples a step's responses in one call.
+    """
+    per = cfg.rollout.get("rows_per_device")
+    if per is None:
+        return None
+    return per * max(mesh.shape["data"] * mesh.shape["fsdp"] // process_count, 1)
+
+
 def check_config(cfg, *, family: Family | str = "sdar", process_count: int = 1, device_count: int = 1,
                  platform: str = "cpu") -> None:
     """Rejects a recipe that cannot run, before anything is built.
@@ -152,6 +164,16 @@ def check_config(cfg, *, family: Family | str = "sdar", process_count: int = 1, 
     if (r.num_prompts * r.k) % row_devices:
         raise ValueError(f"rollout.num_prompts x rollout.k = {r.num_prompts * r.k} responses must be divisible by "
                          f"the mesh's data x fsdp = {row_devices} devices (rollouts are split over them)")
+    per_call = r.get("rows_per_device")
+    if per_call is not None:
+        if not isinstance(per_call, int) or isinstance(per_call, bool) or per_call < 1:
+            raise ValueError(f"rollout.rows_per_device must be an int >= 1 or None, got {per_call!r}")
+        local_rows = r.num_prompts * r.k // process_count
+        local_call = per_call * (row_devices // process_count or 1)
+        if local_rows > local_call and local_rows % local_call:
+            raise ValueError(f"rollout.rows_per_device={per_call}: each process's {local_rows} responses "
+                             f"(rollout.num_prompts x rollout.k / processes) must split into sampler calls of "
+                             f"{local_call} rows ({per_call} per data x fsdp device)")
     if cfg.task.num_eval and cfg.eval.batch_size % (row_devices // process_count or 1):
         raise ValueError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by each process's "
                          f"{row_devices // process_count} devices on the mesh's data x fsdp axes")

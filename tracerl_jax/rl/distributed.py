@@ -188,3 +188,44 @@ def global_sampler(sample_fn: Callable, mesh: Mesh) -> Callable:
         return Rollout(*(local_rows(jax.device_put(x, rows)) for x in out))
 
     return fn
+
+
+def chunked_sampler(sample_fn: Callable, rows_per_call: Optional[int]) -> Callable:
+    """Samples a batch in calls of ``rows_per_call`` rows each and concatenates the rollouts.
+
+    The sampler's memory grows with its rows (the KV cache is ``[B, L, ...]``
+    per layer), so a step's ``P x k`` responses may not fit one call on an
+    accelerator. Each response has its own key (``row_keys``), so a response
+    does not depend on the chunk it is sampled in: chunked and one-call
+    rollouts are equal. Every call has the same shape (one compile).
+
+    Args:
+      sample_fn: ``(params, prompts [B, L0], prompt_valid [B, L0], *, rng=None,
+        row_keys=None) -> Rollout`` with host (NumPy) outputs, e.g. from
+        :func:`global_sampler`.
+      rows_per_call: rows per call (this process's rows; with
+        :func:`global_sampler` each call is split over the process's devices);
+        ``None`` samples the whole batch in one call.
+
+    Returns:
+      A sampler with the same signature; ``B`` must be a multiple of
+      ``rows_per_call``.
+    """
+    if rows_per_call is None:
+        return sample_fn
+    if not isinstance(rows_per_call, int) or isinstance(rows_per_call, bool) or rows_per_call < 1:
+        raise ValueError(f"rows_per_call must be an int >= 1 or None, got {rows_per_call!r}")
+
+    def fn(params, prompts, prompt_valid, rng=None, row_keys=None) -> Rollout:
+        B = np.shape(prompts)[0]
+        if B <= rows_per_call:
+            return sample_fn(params, prompts, prompt_valid, rng=rng, row_keys=row_keys)
+        if B % rows_per_call:
+            raise ValueError(f"a rollout of {B} rows does not split into calls of {rows_per_call} rows")
+        if row_keys is None:   # the keys one call would have drawn, so chunking does not change the sample
+            row_keys = jax.random.split(rng if rng is not None else jax.random.key(0), B)
+        parts = [sample_fn(params, prompts[i:i + rows_per_call], prompt_valid[i:i + rows_per_call],
+                           row_keys=row_keys[i:i + rows_per_call]) for i in range(0, B, rows_per_call)]
+        return Rollout(*(np.concatenate([np.asarray(x) for x in xs]) for xs in zip(*parts)))
+
+    return fn

@@ -49,6 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- devices (data, fsdp, tensor); -1 = the devices the other axes leave -------------------------
     c.mesh = (-1, 1, 1)             # data parallel by default; FSDP/TP shard policy, value and optimizer state
+    # Compile the step's programs ahead of time on abstract shapes (tracerl_jax.memory_plan) and stop with a
+    # ValueError naming the setting to change if one needs more than device_memory_gib per device (None:
+    # what the device reports; CPU reports nothing), before any weight is loaded.
+    c.memory_plan = False
+    c.device_memory_gib = config_dict.placeholder(float)
 
     # ---- rollout (docs/algorithms.md §1, §11.2 rollout.*) ----------------------------------------
     c.rollout = ml_collections.ConfigDict()
@@ -61,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.rollout.threshold = 0.9       # dynamic threshold (strict >)
     c.rollout.temperature = 1.0     # sampling temperature
     c.rollout.dtype = config_dict.placeholder(str)  # rollout compute dtype (None: model.dtype), e.g. bfloat16
+    # rows per data x fsdp device in one sampler call (None: the step's num_prompts x k responses at once);
+    # the sampler's KV cache grows with its rows, so large models sample a step in chunks of this size
+    c.rollout.rows_per_device = config_dict.placeholder(int)
     c.rollout.top_k = 0             # 0 = off
     c.rollout.top_p = 1.0           # 1.0 = off
     c.rollout.group_filter = "constant"  # none | constant (drop all-equal groups) | range (keep 0.2..0.8 acc)
