@@ -32,7 +32,7 @@ from tracerl_jax.families import Family, RowSettings, get_family
 from tracerl_jax.models import split_model, value_model_from_policy
 from tracerl_jax.rl import config as rl_config
 from tracerl_jax.rl import pipeline, specs
-from tracerl_jax.rl.distributed import allgather, global_sampler, to_host
+from tracerl_jax.rl.distributed import allgather, chunked_sampler, global_sampler, to_host
 from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
 from tracerl_jax.tokenizers import load_tokenizer
 from tracerl_jax.train import sharding as shd
@@ -149,6 +149,28 @@ def _train_model(graphdef, params, opt, mesh: Mesh, make_step: Callable, score_f
     return Model(graphdef, state, sharding, step, score)
 
 
+def check_memory(cfg, tokenizer, mesh: Mesh):
+    """Plans the run's programs by compiling them on abstract shapes; a ``ValueError`` if one cannot fit.
+
+    The budget is ``cfg.device_memory_gib`` per device, else what the device
+    reports (nothing on CPU: then the plan is only made). Nothing is allocated.
+
+    Returns:
+      The :class:`tracerl_jax.memory_plan.MemoryPlan`.
+
+    Raises:
+      ValueError: a program needs more than the budget (naming the setting to change).
+    """
+    from tracerl_jax import memory_plan   # compiles; only runs that ask for a plan pay for the import
+
+    model_config = specs.model_config_of(cfg.model.init, tokenizer, **rl_config.model_settings(cfg))
+    gib = cfg.get("device_memory_gib")
+    if gib is not None and not (isinstance(gib, (int, float)) and gib > 0):
+        raise ValueError(f"device_memory_gib must be a positive number of GiB or None, got {gib!r}")
+    return memory_plan.check_config_fits(cfg, model_config, mesh,
+                                         device_bytes=None if gib is None else int(gib * memory_plan.GIB))
+
+
 def build_run(cfg, *, score_fn: Optional[Callable] = None) -> Run:
     """Everything one run needs; restores the latest checkpoint of ``cfg.workdir`` if there is one.
 
@@ -169,6 +191,8 @@ def build_run(cfg, *, score_fn: Optional[Callable] = None) -> Run:
     tokenizer = load_tokenizer(cfg.tokenizer)
     train, test = specs.load_data(cfg)
     mesh = make_run_mesh(cfg)
+    if cfg.get("memory_plan", False):
+        check_memory(cfg, tokenizer, mesh)
 
     model_config, model = specs.load_policy(cfg.model.init, tokenizer, seed=cfg.seed,
                                             **rl_config.model_settings(cfg))
@@ -206,7 +230,8 @@ def build_run(cfg, *, score_fn: Optional[Callable] = None) -> Run:
         score_fn=score_fn or default_verifier(train[:1] + test[:1]), mesh=mesh,
         row_settings=rl_config.row_settings(cfg, tokenizer), advantage=rl_config.advantage_estimator(cfg),
         model_config=model_config, policy=policy, value=value, reference_params=reference,
-        sample_fn=sampler(r.strategy, r.temperature, r.threshold),
+        sample_fn=chunked_sampler(sampler(r.strategy, r.temperature, r.threshold),
+                                  rl_config.rollout_rows_per_call(cfg, mesh, jax.process_count())),
         eval_sample_fn=sampler(cfg.eval.strategy, cfg.eval.temperature, cfg.eval.threshold), opt_cfg=opt_cfg,
         # Every process walks the same global prompt stream and takes its slice of each batch.
         data=ExampleIterator(num_examples=len(train), batch_size=r.num_prompts, seed=cfg.seed,
