@@ -28,9 +28,12 @@ how the tests check it; it is slow and only meant for that.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from tracerl_jax.attention import MaskInfo, allowed
 
@@ -81,6 +84,12 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, info: MaskInfo, *
     rounding when ``info.block``/``info.noised`` are identical across rows (see
     the module docstring); differentiable (splash's own backward kernels).
 
+    Traced under a mesh (``jax.set_mesh``, as the train steps are), the kernel
+    runs inside a ``shard_map``: XLA cannot partition a Pallas/Mosaic call, so
+    each device runs it on its own rows (the mesh's ``data`` x ``fsdp`` axes)
+    and KV heads (``tensor``, when it divides them). Attention mixes neither
+    rows nor heads, so no collective is needed.
+
     Args:
       q: ``[B, L, H, D]``.
       k, v: ``[B, L, Hkv, D]``, ``H % Hkv == 0``.
@@ -101,12 +110,29 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, info: MaskInfo, *
     if not interpret and jax.default_backend() != "tpu":
         raise ValueError(f"splash attention needs a TPU backend (got {jax.default_backend()!r}); "
                          "use attention_impl='blockwise' or interpret=True")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"num heads {q.shape[2]} is not a multiple of kv heads {k.shape[2]}")
+    local = functools.partial(_splash_local, block=block, interpret=interpret)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return local(q, k, v, MaskInfo(*info))
+    rows = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    if q.shape[0] % max(int(np.prod([mesh.shape[a] for a in rows])), 1):
+        rows = ()        # rows that do not split over the devices: every device runs them all
+    tensor = mesh.shape.get("tensor", 1)
+    heads = "tensor" if tensor > 1 and k.shape[2] % tensor == 0 else None
+    row_spec = P(rows or None)
+    qkv_spec = P(rows or None, None, heads, None)
+    return jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, MaskInfo(*[row_spec] * 3)),
+                         out_specs=qkv_spec, check_vma=False)(q, k, v, MaskInfo(*info))
+
+
+def _splash_local(q: jax.Array, k: jax.Array, v: jax.Array, info: MaskInfo, *, block: int,
+                  interpret: bool) -> jax.Array:
     from tracerl_jax.blockwise_attention import pad_info
 
     B, L, H, D = q.shape
     Hkv = k.shape[2]
-    if H % Hkv:
-        raise ValueError(f"num heads {H} is not a multiple of kv heads {Hkv}")
     G = H // Hkv
     info = MaskInfo(*info)
     Lp = _round_up(L, block)
