@@ -9,6 +9,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Compiling dominates most tests (tiny models); fewer XLA passes cut it by a quarter to a third.
+# Tests that compare two programs compile both alike; tolerances are those of float32 rounding.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+if "jax" in sys.modules:   # imported by a plugin before this file: its config has read the environment
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1")
+
 # A persistent XLA compilation cache private to this test session, shared by the pytest-xdist
 # workers and every subprocess they start (they inherit the environment): a program that several
 # tests compile (the tiny model's sampler, the policy step, the examples' programs) is compiled
@@ -32,3 +40,13 @@ if _CACHE_VAR in os.environ:
 def pytest_unconfigure(config):
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # pytest-xdist stops a worker by interrupting its main thread (execnet's interrupt_main); if a
+    # garbage collection runs then, the KeyboardInterrupt lands in hypothesis's gc-timing callback
+    # and pytest reports it as an unraisable exception. The timing only feeds hypothesis's own
+    # statistics, so its callbacks go before the session ends.
+    import gc
+
+    gc.callbacks[:] = [cb for cb in gc.callbacks if "hypothesis" not in getattr(cb, "__module__", "")]

@@ -23,7 +23,7 @@ def test_same_update_on_1_and_8_devices(tmp_path):
                    env=env, check=True, timeout=300)
     res = np.load(out)
     changed = 0
-    for shape in ["8x1x1", "2x2x2", "1x4x2", "1x8x1"]:
+    for shape in ["2x2x2", "1x4x2", "1x8x1"]:
         np.testing.assert_allclose(res[f"{shape}/loss"], loss1, rtol=1e-5)
         for k, v in flat1.items():
             # Per-tensor relative error: Adam divides by sqrt(v), so single near-zero-gradient

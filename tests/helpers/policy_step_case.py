@@ -99,7 +99,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 2:
         load_case(sys.argv[2])
     out = {}
-    for shape in [(8, 1, 1), (2, 2, 2), (1, 4, 2), (1, 8, 1)]:
+    # 2x2x2 covers the data axis (pure data parallelism is its special case) next to FSDP and TP.
+    for shape in [(2, 2, 2), (1, 4, 2), (1, 8, 1)]:
         loss, flat, _, _, _ = run(shape)
         tag = "x".join(map(str, shape))
         out[f"{tag}/loss"] = np.asarray(loss)
