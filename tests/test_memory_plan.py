@@ -147,7 +147,7 @@ def test_check_fits_names_the_setting(plan1):
         mp.check_fits(plan1, plan1.programs["policy_step"].peak_bytes - 1)
     only_sampler = mp.MemoryPlan(plan1.model, plan1.settings, plan1.mesh_shape, "cpu", "cpu",
                                  {"sampler": plan1.programs["sampler"]}, plan1.param_count)
-    with pytest.raises(ValueError, match=r"^rollout rows per device.*the sampler needs"):
+    with pytest.raises(ValueError, match=r"^rollout\.rows_per_device \(.*\): the sampler needs"):
         mp.check_fits(only_sampler, 1000)
     with pytest.raises(ValueError, match=r"^model\.remat: the policy_step needs .* change model\.remat"):
         mp.check_fits(plan1, 1000, "model.remat")

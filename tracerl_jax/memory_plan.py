@@ -85,8 +85,8 @@ _REMEDIES = {
     "value_step": ("rl.batch_rows_per_device / rl.grad_accum (rows per micro-batch and device)",
                    "model.remat=True", "model.attention_impl='blockwise' (or 'splash' on TPU)",
                    "mesh (a larger fsdp/tensor split)", "model.param_dtype / rl.opt_state_dtype = 'bfloat16'"),
-    "sampler": ("rollout rows per device (rollout.num_prompts x rollout.k / data x fsdp devices: sample the "
-                "step's prompts in smaller batches)", "model.dtype='bfloat16' (the KV cache is in the compute "
+    "sampler": ("rollout.rows_per_device (sample the step's responses in calls of fewer rows per device; the "
+                "responses stay the same)", "model.dtype='bfloat16' (the KV cache is in the compute "
                 "dtype)", "mesh (tensor parallelism shards the KV heads and the weights)"),
 }
 
@@ -732,11 +732,10 @@ def settings_from_config(cfg, num_devices: int, row_devices: Optional[int] = Non
     """:class:`PlanSettings` of an RL config (``configs/tracerl.py`` fields) on ``num_devices`` devices.
 
     ``rl.batch_rows_per_device`` (if set) times ``num_devices`` gives the rows
-    per update, as the RL loop resolves it; the rollout batch is the step's
-    ``rollout.num_prompts x rollout.k`` responses (the loop samples them in
-    one call), or ``rollout.rows_per_device`` x ``row_devices`` (the mesh's
-    data x fsdp devices) if a config has that field. ``overrides`` replace
-    any field.
+    per update, as the RL loop resolves it; the rollout batch is one sampler
+    call: the step's ``rollout.num_prompts x rollout.k`` responses, or
+    ``rollout.rows_per_device`` x ``row_devices`` (the mesh's data x fsdp
+    devices) when that is set and smaller. ``overrides`` replace any field.
     """
     model, rl, r = cfg.model, cfg.rl, cfg.rollout
     per = rl.get("batch_rows_per_device")
