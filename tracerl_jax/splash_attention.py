@@ -116,7 +116,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, info: MaskInfo, *
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return local(q, k, v, MaskInfo(*info))
-    rows = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    from tracerl_jax.train.sharding import BATCH_AXES
+
+    rows = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
     if q.shape[0] % max(int(np.prod([mesh.shape[a] for a in rows])), 1):
         rows = ()        # rows that do not split over the devices: every device runs them all
     tensor = mesh.shape.get("tensor", 1)

@@ -93,15 +93,21 @@ def model_settings(cfg) -> dict:
                 dtype=m.get("dtype", "float32"), scan_layers=m.get("scan_layers", False))
 
 
-def rollout_rows_per_call(cfg, mesh, process_count: int = 1) -> Optional[int]:
+def rollout_rows_per_call(cfg, row_devices: int, process_count: int = 1) -> Optional[int]:
     """This process's rows per rollout sampler call (``rollout.rows_per_device`` x its batch devices).
 
-    ``None`` (the field unset) samples a step's responses in one call.
+    Args:
+      cfg: the RL recipe.
+      row_devices: the mesh's ``data x fsdp`` devices (all processes).
+      process_count: processes of the run.
+
+    Returns:
+      The rows, or ``None`` (the field unset): a step's responses in one call.
     """
     per = cfg.rollout.get("rows_per_device")
     if per is None:
         return None
-    return per * max(mesh.shape["data"] * mesh.shape["fsdp"] // process_count, 1)
+    return per * max(row_devices // process_count, 1)
 
 
 def check_config(cfg, *, family: Family | str = "sdar", process_count: int = 1, device_count: int = 1,
@@ -169,7 +175,7 @@ def check_config(cfg, *, family: Family | str = "sdar", process_count: int = 1, 
         if not isinstance(per_call, int) or isinstance(per_call, bool) or per_call < 1:
             raise ValueError(f"rollout.rows_per_device must be an int >= 1 or None, got {per_call!r}")
         local_rows = r.num_prompts * r.k // process_count
-        local_call = per_call * (row_devices // process_count or 1)
+        local_call = rollout_rows_per_call(cfg, row_devices, process_count)
         if local_rows > local_call and local_rows % local_call:
             raise ValueError(f"rollout.rows_per_device={per_call}: each process's {local_rows} responses "
                              f"(rollout.num_prompts x rollout.k / processes) must split into sampler calls of "

@@ -231,7 +231,8 @@ def build_run(cfg, *, score_fn: Optional[Callable] = None) -> Run:
         row_settings=rl_config.row_settings(cfg, tokenizer), advantage=rl_config.advantage_estimator(cfg),
         model_config=model_config, policy=policy, value=value, reference_params=reference,
         sample_fn=chunked_sampler(sampler(r.strategy, r.temperature, r.threshold),
-                                  rl_config.rollout_rows_per_call(cfg, mesh, jax.process_count())),
+                                  rl_config.rollout_rows_per_call(cfg, mesh.shape["data"] * mesh.shape["fsdp"],
+                                                                   jax.process_count())),
         eval_sample_fn=sampler(cfg.eval.strategy, cfg.eval.temperature, cfg.eval.threshold), opt_cfg=opt_cfg,
         # Every process walks the same global prompt stream and takes its slice of each batch.
         data=ExampleIterator(num_examples=len(train), batch_size=r.num_prompts, seed=cfg.seed,
