@@ -91,6 +91,7 @@ import optax  # noqa: E402
 
 import tracerl_jax as tj  # noqa: E402
 from tracerl_jax.attention import causal_info, dense_mask, full_info  # noqa: E402
+from tracerl_jax.rows import pack_rows  # noqa: E402
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 from tracerl_jax.train.step import init_train_state, to_microbatches  # noqa: E402
@@ -131,7 +132,19 @@ def parse_args(argv=None):
                         "token ids still come from the tokenizer, so they are valid either way")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/policy_step.json)")
+    p.add_argument("--rows", default=None,
+                   help="'packed,unpacked': compare the two row forms of the same rounds instead (see "
+                        "compare_rows); with --attention both, each under dense and blockwise attention")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="--rows mode: TraceRL rounds per response (decoding steps per block), a divisor of the "
+                        "block size; packed rows hold all of them")
     args = p.parse_args(argv)
+    if args.rows is not None:
+        forms = common.parse_strs(args.rows)
+        if not forms or any(f not in ("packed", "unpacked") for f in forms):
+            p.error(f"--rows takes 'packed', 'unpacked' or both, got {args.rows!r}")
+        if args.block_size % args.rounds:
+            p.error("--rounds must divide --block-size")
     if args.batch % args.block_size:
         p.error("--batch must be a multiple of --block-size (one row per round, block_size rounds)")
     if args.batch % args.grad_accum:
@@ -141,24 +154,111 @@ def parse_args(argv=None):
     return args
 
 
-def synthetic_rows(tok, L0: int, L1: int, n_resp: int, block_size: int, seed: int):
-    """Rows of ``n_resp`` responses decoded one token per step in random order inside each block.
+def synthetic_rows(tok, L0: int, L1: int, n_resp: int, block_size: int, seed: int, rounds: int | None = None,
+                   pack: bool = False):
+    """Rows of ``n_resp`` responses decoded ``b / rounds`` tokens per step in random order inside each block.
+
+    Args:
+      rounds: decoding steps per block (default ``block_size``: one token per step).
+      pack: pack each response's rounds into one row (``tracerl_jax.rows.pack_rows``).
 
     Returns:
-      :class:`tracerl_jax.Rows` with ``n_resp * block_size`` rows, all valid.
+      :class:`tracerl_jax.Rows` with ``n_resp * rounds`` rows (packed: ``n_resp`` rows of ``rounds``
+      rounds), all valid.
     """
+    rounds = rounds or block_size
     rng = np.random.default_rng(seed)
     prompts = rng.integers(5, tok.vocab_size, size=(n_resp, L0)).astype(np.int32)
     valid = np.ones_like(prompts, bool)
     response = rng.integers(5, tok.vocab_size, size=(n_resp, L1)).astype(np.int32)
     nb = L1 // block_size
     order = np.argsort(rng.random((n_resp, nb, block_size)), axis=-1)   # decoding order in each block
-    step_map = (order + 1 + block_size * np.arange(nb)[None, :, None]).reshape(n_resp, L1).astype(np.int32)
+    step_in_block = order // (block_size // rounds)                      # b / rounds tokens per step
+    step_map = (step_in_block + 1 + rounds * np.arange(nb)[None, :, None]).reshape(n_resp, L1).astype(np.int32)
     lengths = np.full((n_resp,), L1, np.int32)
     rows = tj.build_rows(prompts, valid, response, step_map, lengths, block_size=block_size,
-                         mask_id=tok.mask_id, pad_id=tok.pad_id)
+                         mask_id=tok.mask_id, pad_id=tok.pad_id, max_rounds=rounds)
     assert bool(np.all(np.asarray(rows.row_valid))), "every synthetic row should be valid"
-    return rows
+    return pack_rows(rows, rounds, block_size=block_size) if pack else rows
+
+
+def compare_rows(args, env, meter, tok, cfg, bw_cfg):
+    """Packed against unpacked rows: the same rounds, the same update, timed side by side.
+
+    ``--batch`` unpacked rows are ``batch / rounds`` responses of ``--rounds``
+    rounds each; the packed batch holds the same responses, one row each. Both
+    run ``make_policy_step`` on identical data (the loss and gradient norm of
+    the two must agree, printed), interleaved round by round; with
+    ``--attention both`` each form also runs with blockwise attention. Peak
+    memory is XLA's compiled temporary buffer size of each step (what the
+    step allocates beyond its inputs and outputs).
+    """
+    R, L0, L1, GA, b, C = args.batch, args.l0, args.l1, args.grad_accum, args.block_size, args.rounds
+    if R % C or (R // C) % GA:
+        raise SystemExit(f"--batch {R} must be a multiple of --rounds {C}, and --batch/--rounds of --grad-accum")
+    n_resp = R // C
+    forms = common.parse_strs(args.rows)
+    impls = ("dense", "blockwise") if args.attention == "both" else (args.attention,)
+    print(f"packed vs unpacked rows: preset {args.preset}, {n_resp} responses x {C} rounds, L0={L0}, L1={L1}, "
+          f"b={b}, GA={GA}; {env['cpu_model']}, {env['cpu_count']} cores, loadavg {env['loadavg_start']}", flush=True)
+    opt = make_optimizer(OptimizerConfig(learning_rate=1e-5))
+    rng = np.random.default_rng(args.seed)
+    adv = jnp.asarray(rng.normal(size=(n_resp,)), jnp.float32)
+    calls, work, mem = {}, {}, {}
+    for impl in impls:
+        graphdef, params = tj.split_model(tj.init_model(cfg if impl == "dense" else bw_cfg, seed=args.seed))
+        state = init_train_state(params, opt)
+        step = make_policy_step(graphdef, opt, PolicyLossConfig())
+        for form in forms:
+            rows = synthetic_rows(tok, L0, L1, n_resp, b, args.seed, rounds=C, pack=form == "packed")
+            per = rows.tokens.shape[0]
+            logp_old = old_logprobs(graphdef, params, rows, per // GA)
+            batch = to_microbatches(dict(rows=rows, logp_old=logp_old, advantages=adv[rows.response_index],
+                                         **batch_scalars(rows.row_valid, GA, L1)), GA)
+            name = f"{form}/{impl}"
+            calls[name] = partial(step, state, batch, 1e-5)
+            work[name] = dict(inputs=per, positions=int(np.prod(rows.tokens.shape)),
+                              trained=int(np.asarray(rows.scored).sum()))
+            mem[name] = step.lower(state, batch, 1e-5).compile().memory_analysis().temp_size_in_bytes
+    first, wall, cpu, metrics = {}, {k: [] for k in calls}, {k: [] for k in calls}, {}
+    for k, fn in calls.items():
+        (_, metrics[k]), first[k], _ = common.timed(fn)
+        print(f"  first call {k:<20} {first[k]:8.2f}s  loss {float(metrics[k]['loss']):.6g} "
+              f"grad norm {float(metrics[k]['grad_norm']):.6g}", flush=True)
+    spent, r = 0.0, 0
+    while r < args.repeats and (r < 2 or spent < args.budget_s):
+        line = []
+        for k, fn in calls.items():
+            _, w, c = common.timed(fn)
+            wall[k].append(w)
+            cpu[k].append(c)
+            spent += w
+            line.append(f"{k} {w:.3f}s")
+        print(f"  round {r}: " + ", ".join(line), flush=True)
+        r += 1
+    t = {k: common.median(v) for k, v in wall.items()}
+    tc = {k: common.median(v) for k, v in cpu.items()}
+    ref = f"unpacked/{impls[0]}"
+    results = [dict(name=k, rows=work[k]["inputs"], positions=work[k]["positions"], steady_s=t[k], cpu_s=tc[k],
+                    first_s=first[k], response_tokens_per_s=work[k]["trained"] / t[k],
+                    temp_mib=mem[k] / 2 ** 20, loss=float(metrics[k]["loss"]),
+                    grad_norm=float(metrics[k]["grad_norm"]),
+                    vs_unpacked=t[ref] / t[k] if ref in t else None) for k in calls]
+    table = common.print_table(results, [
+        ("name", "rows/attention", "{}"), ("rows", "inputs", "{}"), ("positions", "positions", "{}"),
+        ("steady_s", "s/update", "{:.3f}"), ("cpu_s", "cpu s", "{:.3f}"),
+        ("response_tokens_per_s", "trained tok/s", "{:.0f}"), ("temp_mib", "temp MiB", "{:.1f}"),
+        ("loss", "loss", "{:.6g}"), ("grad_norm", "grad norm", "{:.6g}"), ("vs_unpacked", "speed-up", "{:.2f}x")])
+    load = meter.summary()
+    note = common.load_note(env, load)
+    print(note, flush=True)
+    path = common.write_json("policy_step_packed", dict(args=vars(args), env=env, load=load, results=results,
+                                                        table=table), args.out)
+    del path  # write_json reports it
+    impl = impls[0]
+    if f"packed/{impl}" in t and f"unpacked/{impl}" in t:
+        p, u = f"packed/{impl}", f"unpacked/{impl}"
+        print(f"packed vs unpacked update: {t[u] / t[p]:.2f}x wall, {tc[u] / tc[p]:.2f}x cpu")
 
 
 def make_plain_step(graphdef, optimizer, mask_kind: str):
@@ -214,6 +314,8 @@ def main(argv=None):
     bw_cfg = cfg.replace(attention_impl="blockwise", attention_q_tile=q_tile, attention_k_tile=k_tile)
     if args.attention == "blockwise":
         cfg = bw_cfg
+    if args.rows is not None:
+        return compare_rows(args, env, meter, tok, cfg, bw_cfg)
     graphdef, params = tj.split_model(tj.init_model(cfg, seed=args.seed))
     n_params = int(sum(x.size for x in jax.tree.leaves(params)))
     n_layer_params = int(sum(x.size for x in jax.tree.leaves(params["layers"])))

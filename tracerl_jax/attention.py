@@ -194,6 +194,41 @@ def extended_info(prompt_valid: jax.Array, response_len: int, block_size: int) -
     return MaskInfo(block, noised, valid)
 
 
+def packed_info(prompt_valid: jax.Array, response_len: int, block_size: int, copies: int) -> MaskInfo:
+    """``MaskInfo`` of packed TraceRL rows ``[prompt | clean | noised copy 0 | ... | copy C-1]``.
+
+    Each noised copy is one TraceRL round of the same response: it sees the
+    prompt, the clean blocks before its own block and its own block *in its
+    own copy*, never another copy. The predicate stays the one of
+    :func:`allowed`; the copies are told apart by the block order alone:
+    block ``k`` gets order ``k*S + S-1`` for clean positions (prompt blocks
+    included) and ``k*S + c`` in noised copy ``c``, with ``S = C + 1``. Then
+    ``kb < qb``, ``kb <= qb`` between a clean key and any query compare the
+    blocks ``k`` exactly as unpacked rows do, and ``kb == qb`` between noised
+    positions holds only for the same block of the same copy.
+
+    Args:
+      prompt_valid: bool ``[B, L0]``, False at left padding.
+      response_len: ``L1``.
+      block_size: ``b``.
+      copies: ``C >= 1`` noised copies (rounds) per row.
+
+    Returns:
+      ``MaskInfo`` with fields ``[B, L0 + (C+1)*L1]``.
+    """
+    B, L0 = prompt_valid.shape
+    L1, C = response_len, copies
+    S = C + 1
+    pblk = jnp.asarray(block_ids_right_aligned(L0, L0, block_size)) * S + (S - 1)
+    rblk = jnp.arange(L1, dtype=jnp.int32) // block_size * S
+    block = jnp.concatenate([pblk, rblk + (S - 1)] + [rblk + c for c in range(C)])
+    N = L0 + (C + 1) * L1
+    noised = jnp.concatenate([jnp.zeros((L0 + L1,), bool), jnp.ones((C * L1,), bool)])
+    valid = jnp.concatenate([prompt_valid, jnp.ones((B, (C + 1) * L1), bool)], axis=1)
+    return MaskInfo(jnp.broadcast_to(block[None], (B, N)).astype(jnp.int32), jnp.broadcast_to(noised[None], (B, N)),
+                    valid)
+
+
 # --------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------

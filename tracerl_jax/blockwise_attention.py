@@ -13,17 +13,21 @@ Which tiles to visit is derived from the compact :class:`MaskInfo`, as data,
 so one compiled function serves every row layout (extended, block-causal,
 causal, bidirectional) and every prompt padding:
 
-* per key tile: the smallest block id of its valid clean keys and the range
-  of block ids of its valid noised keys;
-* per query tile: the largest block id of its clean queries and the range of
-  block ids of its noised queries;
+* per key tile: the smallest block id of its valid clean keys and the
+  sorted block ids of its valid noised keys;
+* per query tile: the largest block id of its clean queries and the block
+  ids of its noised queries;
 * tile pair ``(i, j)`` is visited iff one of the three rules of
   :func:`~tracerl_jax.attention.allowed` can hold between them (clean/clean
-  ``kb <= qb``, noised/clean ``kb < qb``, noised/noised ranges overlap), for
-  some row of the batch.
+  ``kb <= qb``, noised/clean ``kb < qb``, noised/noised: a block id the
+  tiles share, found by binary search), for some row of the batch.
 
-That test is conservative (a visited pair may still be fully masked, it is
-then masked inside the tile); a skipped pair never holds an allowed key.
+The clean tests are conservative (a visited pair may still be fully masked,
+it is then masked inside the tile); the noised/noised test is exact, which
+matters for packed rows (:func:`~tracerl_jax.attention.packed_info`): their
+noised copies interleave block ids, so id *ranges* of two copies overlap
+although the copies never see each other. A skipped pair never holds an
+allowed key.
 Inside a visited tile the mask is the predicate itself, evaluated on the
 tile's ``MaskInfo`` slices, so the semantics are exactly those of
 ``dense_mask`` including dead-row repair: a query with no allowed key (the
@@ -105,20 +109,33 @@ def tile_schedule(info: MaskInfo, q_tile: int, k_tile: int) -> TileSchedule:
     noised_key = valid & noised
     # Key tiles [B, nK].
     kc_min = _tile_reduce(jnp.where(clean_key, block, _BIG), k_tile, jnp.min, _BIG)
-    kn_min = _tile_reduce(jnp.where(noised_key, block, _BIG), k_tile, jnp.min, _BIG)
-    kn_max = _tile_reduce(jnp.where(noised_key, block, -_BIG), k_tile, jnp.max, -_BIG)
     # Query tiles [B, nQ].
     qc_max = _tile_reduce(jnp.where(~noised, block, -_BIG), q_tile, jnp.max, -_BIG)
     qn_max = _tile_reduce(jnp.where(noised, block, -_BIG), q_tile, jnp.max, -_BIG)
-    qn_min = _tile_reduce(jnp.where(noised, block, _BIG), q_tile, jnp.min, _BIG)
     q = lambda x: x[:, :, None]
     k = lambda x: x[:, None, :]
     clean_clean = k(kc_min) <= q(qc_max)
     noised_clean = k(kc_min) < q(qn_max)
-    noised_noised = (k(kn_min) <= q(qn_max)) & (q(qn_min) <= k(kn_max))
+    noised_noised = _shared_ids(jnp.where(noised, block, -_BIG), jnp.where(noised_key, block, _BIG), q_tile, k_tile)
     need = jnp.any(clean_clean | noised_clean | noised_noised, axis=0)   # [nQ, nK]
     order = jnp.argsort(~need, axis=-1, stable=True).astype(jnp.int32)
     return TileSchedule(order, jnp.sum(need, axis=-1, dtype=jnp.int32))
+
+
+def _shared_ids(q_ids: jax.Array, k_ids: jax.Array, q_tile: int, k_tile: int) -> jax.Array:
+    """bool ``[B, nQ, nK]``: whether query tile ``i`` and key tile ``j`` share an id.
+
+    ``q_ids``/``k_ids`` ``[B, L]`` hold ``-_BIG``/``_BIG`` where a position
+    takes no part, so the sentinels never match. Each key tile is sorted and
+    every query id binary-searched in it: ``O(B * L * nK * log k_tile)``.
+    """
+    B, L = k_ids.shape
+    nQ, nK = L // q_tile, L // k_tile
+    keys = jnp.sort(k_ids.reshape(B, nK, k_tile), axis=-1)
+    search = jax.vmap(jax.vmap(jnp.searchsorted, in_axes=(0, None)))         # [B, nK, L]
+    pos = jnp.minimum(search(keys, q_ids), k_tile - 1)
+    hit = jnp.take_along_axis(keys, pos, axis=-1) == q_ids[:, None, :]
+    return jnp.moveaxis(hit.reshape(B, nK, nQ, q_tile).any(-1), 1, 2)
 
 
 def pad_info(info: MaskInfo, length: int) -> MaskInfo:

@@ -16,6 +16,15 @@ losses, GAE and the update pipeline never see the layout. Two layouts build
 rows (:class:`ExtendedLayout`, :class:`SequenceLayout`); :func:`assemble`
 turns per-row response masks into rows for either.
 
+*Packed* rows (:func:`pack_rows`, block models) hold ``C`` TraceRL rounds of
+one response in one model input ``[prompt | clean | noised copy 0 | ... |
+copy C-1]``: the prompt and clean response, identical in every round, are run
+once instead of ``C`` times. Their model input is ``[P, N_in]`` and every
+per-round field gains a round axis: ``labels``/``p_mask``/``read_index``
+``[P, C, L1]``, ``response_index``/``round_index``/``row_valid`` ``[P, C]``.
+Scores come out ``[P, C, L1]``, i.e. the ``R = P*C`` rounds' ``[R, L1]``
+after :func:`flat_rounds`, in the same order as the unpacked rows.
+
 Conventions (docs/algorithms.md §3.6): response token ``j`` of a row is
 scored by the model output at ``read_index[r, j]``: the noised copy
 ``L0 + L1 + j`` in the extended layout, ``L0 + j`` in a single sequence,
@@ -25,6 +34,7 @@ scored by the model output at ``read_index[r, j]``: the noised copy
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import NamedTuple, Optional
 
 import jax
@@ -32,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tracerl_jax import checks
-from tracerl_jax.attention import MaskInfo, causal_info, extended_info, full_info
+from tracerl_jax.attention import MaskInfo, causal_info, extended_info, full_info, packed_info
 
 COMPAT = ("recommended", "reference")
 SEQUENCE_FAMILIES = ("llada", "dream")
@@ -75,10 +85,27 @@ class Rows(NamedTuple):
         """bool ``[R, L1]``: scored tokens of valid rows (what the losses reduce over)."""
         return response_mask(self)
 
+    @property
+    def rounds_per_input(self) -> int | None:
+        """``C`` for packed rows (round fields ``[P, C, ...]``), None for one round per input."""
+        return self.labels.shape[1] if self.labels.ndim == 3 else None
+
 
 def response_mask(rows: Rows) -> jax.Array:
-    """bool ``[R, L1]``: ``p_mask`` of the valid rows, the mask every loss takes."""
-    return rows.p_mask & rows.row_valid[:, None]
+    """bool ``[R, L1]`` (packed: ``[P, C, L1]``): ``p_mask`` of the valid rows, the mask every loss takes."""
+    return rows.p_mask & rows.row_valid[..., None]
+
+
+def flat_rounds(x: jax.Array, rows: Rows) -> jax.Array:
+    """A per-round array of packed rows, ``[P, C, ...]`` -> ``[P*C, ...]`` (identity for unpacked rows).
+
+    Args:
+      x: ``[P, C, L1]`` or ``[P, C]`` (packed), or ``[R, L1]`` / ``[R]``.
+      rows: the rows ``x`` belongs to.
+    """
+    if rows.rounds_per_input is None:
+        return x
+    return x.reshape(-1, *x.shape[2:])
 
 
 def check_rows(rows: Rows) -> None:
@@ -89,15 +116,19 @@ def check_rows(rows: Rows) -> None:
     if not isinstance(rows, Rows):
         raise ValueError(f"expected tracerl_jax.rows.Rows, got {type(rows).__name__}")
     checks.rank("rows.tokens", rows.tokens, 2, "[R, N]")
-    checks.rank("rows.labels", rows.labels, 2, "[R, L1]")
+    if np.ndim(rows.labels) not in (2, 3):
+        raise ValueError(f"rows.labels must be [R, L1] (or [P, C, L1] packed), got shape {np.shape(rows.labels)}")
     R, N = np.shape(rows.tokens)
-    L1 = np.shape(rows.labels)[1]
+    lead = tuple(np.shape(rows.labels)[:-1])
+    L1 = np.shape(rows.labels)[-1]
+    if lead[0] != R:
+        raise ValueError(f"rows.labels has {lead[0]} rows but rows.tokens has {R}")
     for name in ("positions", "mask_info.block", "mask_info.noised", "mask_info.valid"):
         checks.shape(f"rows.{name}", _field(rows, name), (R, N))
     for name in ("p_mask", "read_index"):
-        checks.shape(f"rows.{name}", getattr(rows, name), (R, L1))
+        checks.shape(f"rows.{name}", getattr(rows, name), lead + (L1,))
     for name in ("response_index", "round_index", "row_valid"):
-        checks.shape(f"rows.{name}", getattr(rows, name), (R,))
+        checks.shape(f"rows.{name}", getattr(rows, name), lead)
 
 
 def _field(rows: Rows, dotted: str):
@@ -299,14 +330,118 @@ def assemble(prompt_ids: jax.Array, prompt_valid: jax.Array, response_ids: jax.A
 
 
 # --------------------------------------------------------------------------
+# Packed rows: several rounds of one response per model input
+# --------------------------------------------------------------------------
+
+
+def check_copies(copies) -> int:
+    """``copies`` (rounds per packed input) as an int >= 1, else ``ValueError``."""
+    if isinstance(copies, bool) or not isinstance(copies, (int, np.integer)) or copies < 1:
+        raise ValueError(f"copies (rounds per packed row) must be an int >= 1, got {copies!r}")
+    return int(copies)
+
+
+def pack_rows(rows: Rows, copies: int, *, block_size: int) -> Rows:
+    """Packs each run of ``C = copies`` consecutive extended-layout rows into one model input.
+
+    The rows must be rounds of one response per run (as :func:`tracerl_jax.trajectory.build_rows`
+    orders them when ``max_rounds`` is a multiple of ``C``): they share the
+    prompt and the clean response, which the packed input holds once, followed
+    by the ``C`` noised copies at the response positions (§3.5). The mask
+    (:func:`tracerl_jax.attention.packed_info`) lets each copy see what its
+    own row saw, so every round's log-probs, values, losses and gradients are
+    those of the unpacked rows up to float rounding.
+
+    Args:
+      rows: extended-layout :class:`Rows`, ``R`` rows of input length ``L0 + 2*L1``.
+      copies: ``C``, a divisor of ``R``.
+      block_size: the layout's ``b``.
+
+    Returns:
+      packed :class:`Rows`: input ``[R/C, L0 + (C+1)*L1]``, round fields
+      ``[R/C, C, ...]`` (see the module docstring).
+
+    Raises:
+      ValueError: rows already packed or not in the extended layout, ``R`` not
+        a multiple of ``C``, or (for arrays on the host) a run mixing
+        responses or prompts, or noised positions that are not the response's.
+    """
+    check_rows(rows)
+    C = check_copies(copies)
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+    if rows.rounds_per_input is not None:
+        raise ValueError(f"rows are packed already ({rows.rounds_per_input} rounds per input)")
+    R, N = np.shape(rows.tokens)
+    L1 = rows.response_len
+    L0 = N - 2 * L1
+    if L0 < 1:
+        raise ValueError(f"rows of input length {N} with L1={L1} are not the extended layout [prompt | clean | "
+                         "noised]; only block-model rows pack")
+    if R % C:
+        raise ValueError(f"{R} rows do not split into packed rows of {C} rounds: build rows with max_rounds a "
+                         f"multiple of copies={C}")
+    _check_packable(rows, C, L0, L1, int(block_size))
+    return _pack_rows(rows, copies=C, block_size=int(block_size))
+
+
+def _check_packable(rows: Rows, C: int, L0: int, L1: int, block_size: int) -> None:
+    """Value checks of :func:`pack_rows` when the rows are concrete host-readable arrays."""
+    try:
+        resp = np.asarray(rows.response_index).reshape(-1, C)
+        toks = np.asarray(rows.tokens)
+        pos = np.asarray(rows.positions)
+        blk = np.asarray(rows.mask_info.block[:1, L0:L0 + L1])
+        read = np.asarray(rows.read_index[:1])
+    except (jax.errors.TracerArrayConversionError, RuntimeError):
+        return  # traced, or a multi-process array: shapes were checked, the builder guarantees the rest
+    bad = np.flatnonzero(np.any(resp != resp[:, :1], axis=1))
+    if bad.size:
+        p = int(bad[0])
+        raise ValueError(f"packed row {p} would hold rounds of different responses {sorted(set(resp[p].tolist()))}: "
+                         f"each run of copies={C} consecutive rows must be rounds of one response")
+    head = toks[:, :L0 + L1].reshape(-1, C, L0 + L1)
+    bad = np.flatnonzero(np.any(head != head[:, :1], axis=(1, 2)))
+    if bad.size:
+        raise ValueError(f"packed row {int(bad[0])}: its rounds differ in the prompt or clean response")
+    if np.any(pos[:, L0 + L1:] != pos[:, L0:L0 + L1]):
+        r = int(np.flatnonzero(np.any(pos[:, L0 + L1:] != pos[:, L0:L0 + L1], axis=1))[0])
+        raise ValueError(f"row {r}: positions of its noised copy do not match the response positions (§3.5)")
+    if np.any(blk != np.arange(L1) // block_size) or np.any(read != L0 + L1 + np.arange(L1)):
+        raise ValueError(f"rows are not the extended layout of block_size={block_size}")
+
+
+@partial(jax.jit, static_argnames=("copies", "block_size"))
+def _pack_rows(rows: Rows, *, copies: int, block_size: int) -> Rows:
+    C = copies
+    R, N = rows.tokens.shape
+    L1 = rows.labels.shape[1]
+    L0, P = N - 2 * L1, R // C
+    head = L0 + L1
+    tokens = jnp.concatenate([rows.tokens[::C, :head], rows.tokens[:, head:].reshape(P, C * L1)], axis=1)
+    positions = jnp.concatenate([rows.positions[::C, :head], rows.positions[:, head:].reshape(P, C * L1)], axis=1)
+    info = packed_info(rows.mask_info.valid[::C, :L0], L1, block_size, C)
+    read = head + jnp.arange(C, dtype=jnp.int32)[:, None] * L1 + jnp.arange(L1, dtype=jnp.int32)[None]
+    g = lambda x: x.reshape(P, C, *x.shape[1:])  # noqa: E731
+    return Rows(tokens=tokens, positions=positions, mask_info=info, labels=g(rows.labels), p_mask=g(rows.p_mask),
+                read_index=jnp.broadcast_to(read[None], (P, C, L1)), response_index=g(rows.response_index),
+                round_index=g(rows.round_index), row_valid=g(rows.row_valid))
+
+
+# --------------------------------------------------------------------------
 # Rows <-> per-response arrays, reading model outputs
 # --------------------------------------------------------------------------
 
 
 def read_outputs(outputs: jax.Array, read_index: jax.Array) -> jax.Array:
-    """Model outputs ``[R, N_in, ...]`` at each response token's read position -> ``[R, L1, ...]``."""
-    idx = read_index.reshape(read_index.shape + (1,) * (outputs.ndim - 2))
-    return jnp.take_along_axis(outputs, idx, axis=1)
+    """Model outputs ``[R, N_in, ...]`` at each response token's read position -> ``[R, L1, ...]``.
+
+    Packed rows: ``read_index [P, C, L1]`` reads ``[P, N_in, ...]`` into ``[P, C, L1, ...]``.
+    """
+    flat = read_index.reshape(read_index.shape[0], -1)
+    idx = flat.reshape(flat.shape + (1,) * (outputs.ndim - 2))
+    out = jnp.take_along_axis(outputs, idx, axis=1)
+    return out.reshape(read_index.shape + outputs.shape[2:])
 
 
 def scatter(token_values: jax.Array, scored: jax.Array, response_index: jax.Array) -> jax.Array:
@@ -329,19 +464,20 @@ def gather(row_values: jax.Array, scored: jax.Array, response_index: jax.Array, 
     get 0.
     """
     v = jnp.where(scored, row_values, jnp.zeros((), row_values.dtype))
-    return jax.ops.segment_sum(v, response_index, num_segments=num_responses)
+    L1 = v.shape[-1]
+    return jax.ops.segment_sum(v.reshape(-1, L1), response_index.reshape(-1), num_segments=num_responses)
 
 
 def select_rows(rows: Rows, keep: jax.Array) -> Rows:
     """``rows`` with ``row_valid`` and ``p_mask`` cleared where ``keep [R]`` is False."""
     keep = jnp.asarray(keep, bool)
-    return rows._replace(row_valid=rows.row_valid & keep, p_mask=rows.p_mask & keep[:, None])
+    return rows._replace(row_valid=rows.row_valid & keep, p_mask=rows.p_mask & keep[..., None])
 
 
 def restrict(rows: Rows, scorable: jax.Array) -> Rows:
     """Scores only tokens with ``scorable [N, L1]`` (per response); rows left empty become invalid."""
     p_mask = rows.p_mask & jnp.asarray(scorable, bool)[rows.response_index]
-    return rows._replace(p_mask=p_mask, row_valid=rows.row_valid & jnp.any(p_mask, axis=1))
+    return rows._replace(p_mask=p_mask, row_valid=rows.row_valid & jnp.any(p_mask, axis=-1))
 
 
 def check_response_arrays(prompt_ids, prompt_valid, response_ids, *, per_response=None,

@@ -427,7 +427,8 @@ class RolloutRows(NamedTuple):
 def rows_from_rollout(prompts: jax.Array, prompt_valid: jax.Array, rollout, *, layout: Layout | None = None,
                       block_size: int | None = None, mask_id: int, pad_id: int, shrink: int = 1,
                       post_num: Optional[int] = 0, compat: str = "recommended", completion_only: bool = True,
-                      response_len: int | None = None, max_rounds: int | None = None) -> RolloutRows:
+                      response_len: int | None = None, max_rounds: int | None = None,
+                      pack: int | None = None) -> RolloutRows:
     """TraceRL rows for a sampler's rollout, on its own token ids.
 
     The samplers keep the tail of a row's canvas (tokens decoded after the EOS
@@ -448,7 +449,9 @@ def rows_from_rollout(prompts: jax.Array, prompt_valid: jax.Array, rollout, *, l
       max_rounds: as in :func:`build_rows`; default: a bound that holds for
         every rollout of this shape (``ceil(b / shrink)`` per block, or
         ``ceil((G + 1) / shrink)`` over a whole response), so the shapes never
-        change between RL steps.
+        change between RL steps; with ``pack``, rounded up to a multiple of it.
+      pack: block models: ``C`` rounds of a response per packed model input
+        (:func:`tracerl_jax.rows.pack_rows`); None: one round per row.
 
     Returns:
       :class:`RolloutRows`.
@@ -468,8 +471,17 @@ def rows_from_rollout(prompts: jax.Array, prompt_valid: jax.Array, rollout, *, l
     completion = jnp.arange(L1)[None] < jnp.minimum(rollout.lengths, L1)[:, None]
     if max_rounds is None:
         max_rounds = -(-(layout.round_span or L1 + 1) // shrink)
+    if pack is not None:
+        pack = rows_lib.check_copies(pack)
+        if not isinstance(layout, ExtendedLayout):
+            raise ValueError("pack: only block-model rows (the extended layout) pack; full-attention rows have "
+                             "no clean copy to share")
+        max_rounds = -(-max_rounds // pack) * pack
     rows = build_rows(prompts, prompt_valid, tokens, steps, decoded, layout=layout, mask_id=mask_id,
                       pad_id=pad_id, shrink=shrink, post_num=post_num, compat=compat,
                       scorable=completion if completion_only else None, max_rounds=max_rounds)
     step_ids, _ = trace_step_ids(steps, decoded, layout=layout, shrink=shrink)
+    if pack is not None:
+        # Built here, so runs of `pack` rows are rounds of one response: no value checks needed.
+        rows = rows_lib._pack_rows(rows, copies=pack, block_size=layout.block_size)
     return RolloutRows(rows, completion, step_ids)

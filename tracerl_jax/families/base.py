@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from tracerl_jax.registry import Registry
+from tracerl_jax import rows as rows_lib
 from tracerl_jax.rows import COMPAT, Layout, Rows
 
 # Sampler-section fields that only the full-attention sampler reads (docs/algorithms.md §2), with
@@ -32,6 +33,9 @@ class RowSettings:
       num_draws: full-attention baselines' rows per response (§9.2).
       compat: ``recommended`` | ``reference`` (full attention: the rows'
         positions/padding and scoring convention, §5).
+      pack: TraceRL rows of block models: ``C`` rounds of a response per
+        packed model input (:func:`tracerl_jax.rows.pack_rows`); None: one
+        round per row.
     """
 
     mask_id: int
@@ -44,6 +48,7 @@ class RowSettings:
     mask_ratio: Optional[str] = None
     num_draws: int = 1
     compat: str = "recommended"
+    pack: Optional[int] = None
 
     def __post_init__(self):
         if self.compat not in COMPAT:
@@ -52,6 +57,8 @@ class RowSettings:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.pack is not None:
+            rows_lib.check_copies(self.pack)
 
 
 class Family:

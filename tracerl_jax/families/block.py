@@ -74,6 +74,12 @@ class BlockFamily(Family):
         if section_get(rollout, "compat", "recommended") != "recommended":
             raise ValueError("rollout.compat='reference' is implemented in the RL loop for full-attention models "
                              "only (block models: BlockSamplerConfig(compat=...) in the library)")
+        pack = section_get(rl, "pack_rounds")
+        if pack is not None and (isinstance(pack, bool) or not isinstance(pack, int) or pack < 1):
+            raise ValueError(f"rl.pack_rounds must be None or an int >= 1, got {pack!r}")
+        if pack is not None and section_get(rl, "method", "TraceRL") != "TraceRL":
+            raise ValueError(f"rl.pack_rounds packs the rounds of TraceRL rows; rl.method="
+                             f"{section_get(rl, 'method')!r} builds one row per draw: leave it None")
         if section_get(rl, "num_draws", 1) != 1:
             raise ValueError(f"rl.num_draws={section_get(rl, 'num_draws')} applies to full-attention models only "
                              "(block baselines draw one row per response, §9.1)")

@@ -100,6 +100,9 @@ class SequenceFamily(Family):
                                  max_positions=model_config.max_position_embeddings)
 
     def check_rl_settings(self, rollout: Mapping, rl: Mapping) -> None:
+        if section_get(rl, "pack_rounds") is not None:
+            raise ValueError(f"rl.pack_rounds={section_get(rl, 'pack_rounds')!r} applies to block models only: "
+                             "full-attention rows have no clean copy for the rounds to share")
         if section_get(rl, "mask_ratio") not in (None, "row"):
             raise ValueError(f"rl.mask_ratio={section_get(rl, 'mask_ratio')!r} applies to block models only; "
                              "full-attention baselines draw one masking ratio per row (§9.2): leave it None "

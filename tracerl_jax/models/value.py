@@ -30,9 +30,9 @@ class ValueModel(Transformer):
                                      rngs=rngs)
 
     def values(self, hidden: jax.Array) -> jax.Array:
-        """``hidden [B, Q, d]`` -> float32 values ``[B, Q]``."""
+        """``hidden [..., d]`` (e.g. ``[B, Q, d]``, packed rows ``[P, C, L1, d]``) -> float32 values ``[...]``."""
         w = self.value_head.kernel[...].astype(self.config.compute_dtype)
-        return jnp.einsum("bqd,do->bqo", hidden, w, preferred_element_type=jnp.float32)[..., 0]
+        return jnp.einsum("...d,do->...o", hidden, w, preferred_element_type=jnp.float32)[..., 0]
 
 
 def init_value_model(config: ModelConfig, rngs: Optional[nnx.Rngs] = None, *, seed: int = 0) -> ValueModel:

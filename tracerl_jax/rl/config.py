@@ -74,7 +74,8 @@ def row_settings(cfg, tokenizer) -> RowSettings:
     c = cfg.rl
     return RowSettings(mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, block_size=cfg.rollout.block_size,
                        shrink=c.shrink, post_num=c.post_num, lower_p=c.lower_p, upper_p=c.upper_p,
-                       mask_ratio=c.mask_ratio, num_draws=c.num_draws, compat=cfg.rollout.compat)
+                       mask_ratio=c.mask_ratio, num_draws=c.num_draws, compat=cfg.rollout.compat,
+                       pack=c.get("pack_rounds"))
 
 
 def policy_loss_config(cfg, family: Family | str) -> PolicyLossConfig:

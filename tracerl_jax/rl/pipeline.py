@@ -34,8 +34,10 @@ class UpdateBatches(NamedTuple):
     Attributes:
       rows: :class:`~tracerl_jax.rows.Rows` whose leaves are ``[NB, GA, mb, ...]``;
         valid rows first (in their original order), then padding rows with
-        ``row_valid`` and ``p_mask`` False.
-      num_rows: float32 ``[NB]``: each batch's valid rows / ``GA`` (at least
+        ``row_valid`` and ``p_mask`` False. Packed rows move as a whole (a
+        row is valid if any of its rounds is), their round fields
+        ``[NB, GA, mb, C, ...]``.
+      num_rows: float32 ``[NB]``: each batch's valid rows (packed: rounds) / ``GA`` (at least
         ``1 / GA``), the divisor of the mean over rows (``train.steps``).
       live: bool ``[NB]`` batches holding at least one valid row.
       count: int, the number of live batches (they come first).
@@ -62,12 +64,15 @@ def batch_sharding(mesh: Optional[Mesh], leading: int = 2):
 def _pack(rows: Rows, *, batch_rows: int, grad_accum: int, out_sharding):
     R = rows.row_valid.shape[0]
     NB = -(-R // batch_rows)
-    order = jnp.argsort(~rows.row_valid, stable=True)
+    # A packed row (model input) exists if any of its rounds does; it moves with all of them.
+    alive = rows.row_valid.reshape(R, -1).any(axis=1)
+    order = jnp.argsort(~alive, stable=True)
     order = jnp.concatenate([order, jnp.full((NB * batch_rows - R,), order[-1], order.dtype)])
-    n_valid = jnp.sum(rows.row_valid.astype(jnp.int32))
+    n_valid = jnp.sum(alive.astype(jnp.int32))
     pad = jnp.arange(NB * batch_rows) >= n_valid
+    pad = pad.reshape(pad.shape + (1,) * (rows.row_valid.ndim - 1))
     packed = jax.tree.map(lambda x: x[order], rows)
-    packed = packed._replace(row_valid=packed.row_valid & ~pad, p_mask=packed.p_mask & ~pad[:, None])
+    packed = packed._replace(row_valid=packed.row_valid & ~pad, p_mask=packed.p_mask & ~pad[..., None])
     mb = batch_rows // grad_accum
     batched = jax.tree.map(lambda x: x.reshape(NB, grad_accum, mb, *x.shape[1:]), packed)
     if out_sharding is not None:
@@ -135,9 +140,9 @@ def recorded_scores(batches: UpdateBatches, per_response: jax.Array) -> jax.Arra
 
 @partial(jax.jit, static_argnums=(0,))
 def _estimate(fn, rows: Rows, rewards, step_ids, trainable, old_values, gamma, lam):
-    lead = rows.labels.shape[:3]
-    flat = lambda x: None if x is None else x.reshape(-1, *x.shape[3:])  # noqa: E731
-    inputs = adv_lib.AdvantageInputs(flat(rows.p_mask & rows.row_valid[..., None]), flat(rows.response_index),
+    lead, L1 = rows.labels.shape[:-1], rows.labels.shape[-1]   # [NB, GA, mb] (packed rows: [..., C])
+    flat = lambda x: None if x is None else x.reshape(-1, L1)  # noqa: E731
+    inputs = adv_lib.AdvantageInputs(flat(rows.p_mask & rows.row_valid[..., None]), rows.response_index.reshape(-1),
                                      rewards, step_ids, trainable, flat(old_values))
     adv, ret = fn(inputs, gamma=gamma, lam=lam)
     unflat = lambda x: None if x is None else x.reshape(*lead, *x.shape[1:])  # noqa: E731
@@ -169,7 +174,7 @@ def batch_advantages(name: str, batches: UpdateBatches, *, rewards: jax.Array, s
 def _take(rows, num_rows, per_row, i, L1_ref, out_sharding):
     take = lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False)  # noqa: E731
     rows, per_row = jax.tree.map(take, (rows, per_row))
-    shape = rows.row_valid.shape
+    shape = rows.row_valid.shape[:2]  # [GA, mb] (packed rows' round axis excluded)
     out = {"rows": rows, "num_rows": jnp.full(shape, take(num_rows), jnp.float32),
            "L1_ref": jnp.full(shape, L1_ref, jnp.float32), **per_row}
     # The train step takes every leaf [GA, mb, ...] with its rows over the batch axes.

@@ -91,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.total_steps = 40           # RL steps
     c.rl.shrink = 1                 # decoding steps merged per training round (§4.2; full attention §5: 8 [REF])
     c.rl.post_num = 0               # PAD tokens trained per sequence (None disables the rule)
+    # TraceRL, block models: C rounds of a response share one packed row [prompt | clean | C noised copies]
+    # (the prompt and clean response run once, not C times; same loss and gradients). rl.batch_rows then
+    # counts packed rows. None: one row per round.
+    c.rl.pack_rounds = config_dict.placeholder(int)
     c.rl.batch_rows = 64            # rows per optimizer update (GA * micro_batch)
     c.rl.grad_accum = 2             # micro-batches per update (lax.scan inside the step)
     c.rl.batch_rows_per_device = ml_collections.config_dict.placeholder(int)  # if set: batch_rows = this x devices

@@ -156,7 +156,7 @@ def trace_rows(batch: "RolloutBatch", *, family: Family, settings: RowSettings, 
     return trajectory.rows_from_rollout(
         jnp.asarray(batch.prompts), jnp.asarray(batch.prompt_valid), batch.rollout, layout=family.layout(settings),
         mask_id=settings.mask_id, pad_id=settings.pad_id, shrink=settings.shrink, post_num=settings.post_num,
-        compat=settings.compat, completion_only=family.scores_completion_only(settings)).rows
+        compat=settings.compat, completion_only=family.scores_completion_only(settings), pack=settings.pack).rows
 
 
 def _masked_rows(batch: "RolloutBatch", family: Family, settings: RowSettings, key, coupled: bool) -> Rows:

@@ -18,6 +18,11 @@ to ``valid rows in the update / GA`` (:func:`batch_scalars` does) so that an
 update averages over the rows that exist, whatever the bucket padding.
 ``L1_ref`` is the ``global_L1`` normaliser (the reference divides by the RL
 step's longest response); it is data, not a shape, so it never recompiles.
+
+Packed rows (:func:`tracerl_jax.rows.pack_rows`) take the same batch: their
+per-round arrays are ``[P, C, L1]`` / ``[P, C]`` and the losses see the
+``R = P*C`` rounds, so ``num_rows`` counts rounds and the loss equals the
+unpacked rows' loss.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tracerl_jax import losses
-from tracerl_jax.rows import response_mask
+from tracerl_jax.rows import flat_rounds, response_mask
 from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
 from tracerl_jax.train.step import make_train_step
 
@@ -76,11 +81,12 @@ def policy_loss_fn(graphdef, cfg: PolicyLossConfig):
 
     def loss_fn(params, batch):
         rows = batch["rows"]
-        p_mask = response_mask(rows)
-        logp = trajectory_logprobs(graphdef, params, rows)
-        logp_ref = batch.get("logp_ref", batch["logp_old"])
+        flat = lambda x: flat_rounds(x, rows)  # noqa: E731  (packed rows: [P, C, ...] -> rounds)
+        p_mask = flat(response_mask(rows))
+        logp = flat(trajectory_logprobs(graphdef, params, rows))
+        logp_ref = flat(batch.get("logp_ref", batch["logp_old"]))
         return loss(
-            logp, batch["logp_old"], batch["advantages"], p_mask, eps=cfg.eps,
+            logp, flat(batch["logp_old"]), flat(batch["advantages"]), p_mask, eps=cfg.eps,
             log_ratio_clip=cfg.log_ratio_clip, normalizer=cfg.normalizer, L1_ref=batch["L1_ref"][0],
             num_rows=batch["num_rows"][0], beta=cfg.beta, logp_ref=logp_ref,
             kl_estimator=cfg.kl_estimator, kl_normalizer=cfg.kl_normalizer)
@@ -93,8 +99,10 @@ def value_loss_fn(graphdef, clip: Optional[float] = 0.2, normalizer: str = "glob
 
     def loss_fn(params, batch):
         rows = batch["rows"]
-        values = trajectory_values(graphdef, params, rows)
-        loss, metrics = losses.value_loss(values, batch["old_values"], batch["returns"], response_mask(rows),
+        flat = lambda x: flat_rounds(x, rows)  # noqa: E731
+        values = flat(trajectory_values(graphdef, params, rows))
+        loss, metrics = losses.value_loss(values, flat(batch["old_values"]), flat(batch["returns"]),
+                                          flat(response_mask(rows)),
                                           clip=clip, normalizer=normalizer, L1_ref=batch["L1_ref"][0],
                                           num_rows=batch["num_rows"][0])
         return loss, metrics
@@ -107,8 +115,8 @@ def sft_loss_fn(graphdef, normalizer: str = "global_L1"):
 
     def loss_fn(params, batch):
         rows = batch["rows"]
-        logp = trajectory_logprobs(graphdef, params, rows)
-        p_mask = response_mask(rows)
+        logp = flat_rounds(trajectory_logprobs(graphdef, params, rows), rows)
+        p_mask = flat_rounds(response_mask(rows), rows)
         loss, metrics = losses.masked_nll(logp, None, p_mask, normalizer=normalizer,
                                           L1_ref=batch["L1_ref"][0], num_rows=batch["num_rows"][0])
         return loss, metrics
@@ -135,7 +143,7 @@ def batch_scalars(row_valid, grad_accum: int, L1_ref: float) -> dict:
     """Per-row copies of ``num_rows`` and ``L1_ref`` for a batch of ``R`` rows.
 
     Args:
-      row_valid: bool ``[R]`` rows that exist.
+      row_valid: bool ``[R]`` rows that exist (packed rows: ``[P, C]``, rounds that exist).
       grad_accum: micro-batches per update.
       L1_ref: the ``global_L1`` normaliser.
 
@@ -154,7 +162,7 @@ def _map_rows(fn, graphdef, params, rows, micro_batch: int):
         raise ValueError(f"{R} rows are not divisible by micro_batch={micro_batch}; pad rows to a bucket")
     chunks = jax.tree.map(lambda x: x.reshape(R // micro_batch, micro_batch, *x.shape[1:]), rows)
     out = jax.lax.map(lambda r: fn(graphdef, params, r), chunks)
-    return out.reshape(R, -1)
+    return out.reshape(R, *out.shape[2:])
 
 
 @partial(jax.jit, static_argnums=(0, 3))
