@@ -10,6 +10,7 @@ mean reward per RL step.
 import ast
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb
 RL_STEPS = 2
 # GROUP_FILTER="none" keeps the all-zero-reward groups of an almost untrained model, so the
 # policy-update path (old log-probs, PPO step) runs too.
-OVERRIDES = f'SFT_STEPS = 3\nRL_STEPS = {RL_STEPS}\nGROUP_FILTER = "none"\n'
+OVERRIDES = (f'SFT_STEPS = 3\nRL_STEPS = {RL_STEPS}\nGROUP_FILTER = "none"\n'
+             'NUM_PROMPTS = 4\nK = 4\nNUM_EVAL = 8\n')
 REWARD_LINE = "mean reward per RL step:"
 
 
@@ -51,7 +53,7 @@ def test_notebook_is_clean_and_colab_ready():
     text = "\n".join(c.source for c in nb.cells)
     assert "/work/" not in text and "sys.path" not in text
     params = nb.cells[_parameters_index(nb)].source
-    for name in ("SFT_STEPS", "RL_STEPS", "GROUP_FILTER"):
+    for name in ("SFT_STEPS", "RL_START", "RL_STEPS", "NUM_PROMPTS", "K", "NUM_EVAL", "GROUP_FILTER"):
         assert f"{name} =" in params
 
 
@@ -96,6 +98,10 @@ def test_notebook_runs(tmp_path, monkeypatch):
     rewards = ast.literal_eval(line[len(REWARD_LINE):].strip())
     assert len(rewards) == RL_STEPS
     assert all(math.isfinite(r) and 0.0 <= r <= 1.0 for r in rewards)
+    held_out = re.search(r"held-out accuracy: before RL ([0-9.]+) ± [0-9.]+, after 2 TraceRL steps ([0-9.]+) ± ", text)
+    assert held_out, text
+    # NUM_EVAL = 8 greedy answers: each accuracy is a multiple of 1/8.
+    assert all(float(a) * 8 == round(float(a) * 8) for a in held_out.groups())
 
     # The policy update really ran (GROUP_FILTER="none" keeps every group).
     rl_text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" and "rl.rl_step(" in c.source
