@@ -74,6 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--grad-accum", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--eos-rate", type=float, default=0.05, help="random models: EOS probability per token")
+    p.add_argument("--pack-rounds", type=int, default=None, help="rl.pack_rounds (packed TraceRL rows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/recompiles.json)")
     return p.parse_args(argv)
@@ -139,12 +140,14 @@ class RecordingSampler:
 
 
 def build(model: str, *, num_prompts: int, k: int, prompt_len: int, gen_length: int, block_size: int,
-          batch_rows: int, grad_accum: int, lr: float, seed: int, eos_rate: float = 0.05, workdir: str = ""):
+          batch_rows: int, grad_accum: int, lr: float, seed: int, eos_rate: float = 0.05, workdir: str = "",
+          pack_rounds: int | None = None):
     """The run of ``tracerl_jax.rl.build_run`` for the CPU recipe with these settings.
 
     ``model``: ``shipped:<name>`` or ``random:<preset>``; a random model's
     rollouts emit EOS with probability ``eos_rate`` per token, and its
-    reward is the parity of the response length.
+    reward is the parity of the response length. ``pack_rounds``: the
+    recipe's ``rl.pack_rounds`` (packed TraceRL rows).
     """
     import tempfile
 
@@ -154,7 +157,8 @@ def build(model: str, *, num_prompts: int, k: int, prompt_len: int, gen_length: 
     cfg.seed, cfg.model.init, cfg.prompt_len = seed, model, prompt_len
     cfg.workdir = workdir or tempfile.mkdtemp(prefix="recompiles_")
     cfg.rollout.update(num_prompts=num_prompts, k=k, gen_length=gen_length, block_size=block_size)
-    cfg.rl.update(batch_rows=batch_rows, grad_accum=grad_accum, learning_rate=lr, total_steps=10 ** 6)
+    cfg.rl.update(batch_rows=batch_rows, grad_accum=grad_accum, learning_rate=lr, total_steps=10 ** 6,
+                  pack_rounds=pack_rounds)
     cfg.task.num_eval = 0
     # A random model never solves anything (every group would be filtered out): reward it by length
     # parity instead, so groups, rows and update counts vary from iteration to iteration.
@@ -205,7 +209,7 @@ def main(argv=None):
     run = build(args.model, num_prompts=args.num_prompts, k=args.k, prompt_len=args.prompt_len,
                 gen_length=args.gen_length, block_size=args.block_size, batch_rows=args.batch_rows,
                 grad_accum=args.grad_accum, lr=args.lr, seed=args.seed,
-                eos_rate=args.eos_rate)
+                eos_rate=args.eos_rate, pack_rounds=args.pack_rounds)
     print(f"recompiles: {args.model}, {args.num_prompts} prompts x {args.k}, L0={args.prompt_len}, "
           f"gen {args.gen_length}, {args.batch_rows} rows per update (GA {args.grad_accum}); "
           f"{args.warmup} warm-up + {args.iterations} counted iterations", flush=True)

@@ -196,12 +196,16 @@ def test_splash_structure_mask_is_the_predicate():
 
 
 @pytest.mark.slow
-def test_splash_interpret_matches_dense():
+@pytest.mark.parametrize("layout", ["extended", "packed"])
+def test_splash_interpret_matches_dense(layout):
+    from tracerl_jax.attention import packed_info
     from tracerl_jax.splash_attention import splash_attention, splash_importable
 
     if not splash_importable():
         pytest.skip("no splash attention in this jax build")
-    info = extended_info(_prompt_valid(2, 13), 70, 4)          # N = 153 -> two 128-blocks
+    # N = 153 -> two 128-blocks; packed: 4 rounds' noised copies of a 28-token response
+    info = (extended_info(_prompt_valid(2, 13), 70, 4) if layout == "extended"
+            else packed_info(_prompt_valid(2, 13), 28, 4, 4))
     q, k, v, w = _qkv(2, 153, 4, 2, 16)
     dense = _dense(info)
     splash = lambda q, k, v: splash_attention(q, k, v, info, interpret=True)

@@ -1,6 +1,7 @@
 """Static shapes: repeated calls with the same bucketed shapes never recompile."""
 
 import jax
+import pytest
 
 from tracerl_jax.diagnostics import CompileCounter
 from tracerl_jax.models import cache_init_fn, get_preset, init_model, sampler_forward_fn, split_model
@@ -27,10 +28,12 @@ def test_sampler_zero_recompiles_for_ragged_prompts_in_one_bucket():
     assert len({int(v.sum()) for _, vs in batches for v in vs}) > 3  # the prompts really are ragged
 
 
-def test_rl_iterations_zero_recompiles_after_warmup():
+@pytest.mark.parametrize("pack_rounds", [None, 4], ids=["rows", "packed_rows"])
+def test_rl_iterations_zero_recompiles_after_warmup(pack_rounds):
     """Whole TraceRL iterations (rollout, rewards, rows, packing, old log-probs, policy updates) with
     ragged prompts, ragged responses and a varying number of rows and updates compile nothing new
-    once warmed up (the loop of ``benchmarks/recompiles.py`` on a tiny random model)."""
+    once warmed up (the loop of ``benchmarks/recompiles.py`` on a tiny random model), with one row
+    per round or packed rows."""
     import sys
     from pathlib import Path
 
@@ -38,11 +41,14 @@ def test_rl_iterations_zero_recompiles_after_warmup():
     import recompiles
 
     run = recompiles.build("random:tiny", num_prompts=4, k=4, prompt_len=24, gen_length=16, block_size=4,
-                           batch_rows=16, grad_accum=2, lr=1e-4, seed=0, eos_rate=0.1)
+                           batch_rows=16 if pack_rounds is None else 4, grad_accum=2, lr=1e-4, seed=0,
+                           eos_rate=0.1, pack_rounds=pack_rounds)
     recompiles.count_iterations(run, 1, 2)  # warm-up: compiles the sampler, row builder, steps
     steady = recompiles.count_iterations(run, 3, 3)
     assert [r["compiles"] for r in steady] == [0] * 3, [r["compiled"] for r in steady]
     # ... while the data really is ragged
     assert len({t for r in steady for t in r["prompt_tokens"]}) > 2
     assert min(r["response_lengths"][0] for r in steady) < max(r["response_lengths"][1] for r in steady)
-    assert len({r["rows"] for r in steady}) > 1 and max(r["num_batches"] for r in steady) > 0
+    # (packed rows: one per kept response, so the trained tokens are what varies)
+    assert len({(r["rows"], r.get("policy/num_tokens")) for r in steady}) > 1
+    assert max(r["num_batches"] for r in steady) > 0
