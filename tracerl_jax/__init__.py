@@ -34,7 +34,7 @@ from tracerl_jax.losses import POLICY_LOSSES, masked_nll, policy_loss, value_los
 from tracerl_jax.models import (ModelConfig, cache_init_fn, forward, full_sampler_forward_fn, get_preset, init_model,
                                 load_hf_checkpoint, sampler_forward_fn, save_hf_checkpoint, split_model)
 from tracerl_jax.registry import Registry
-from tracerl_jax.rows import ExtendedLayout, Rows, SequenceLayout, response_mask
+from tracerl_jax.rows import ExtendedLayout, Rows, SequenceLayout, flat_rounds, pack_rows, response_mask
 from tracerl_jax.sampling import (BlockSamplerConfig, FullSamplerConfig, Rollout, make_block_sampler,
                                   make_full_sampler)
 from tracerl_jax.scoring import trajectory_logprobs, trajectory_values
@@ -47,9 +47,9 @@ __all__ = [
     "ADVANTAGE_ESTIMATORS", "BlockSamplerConfig", "ExtendedLayout", "FAMILIES", "Family", "FullSamplerConfig",
     "MaskInfo", "ModelConfig", "POLICY_LOSSES", "Registry", "Rollout", "RowSettings", "Rows", "SequenceLayout",
     "advantages", "ar_sft_rows", "attention", "baselines", "build_rows", "cache_init_fn", "coupled_rows",
-    "dense_mask", "extended_info", "families", "family_of", "forward", "full_info", "full_sampler_forward_fn",
+    "dense_mask", "extended_info", "families", "family_of", "flat_rounds", "forward", "full_info", "full_sampler_forward_fn",
     "get_family", "get_preset", "group_normalize", "init_model", "kv_cache", "load_hf_checkpoint", "load_tokenizer",
-    "losses", "make_block_sampler", "make_full_sampler", "masked_nll", "policy_loss", "random_masking_rows",
+    "losses", "make_block_sampler", "make_full_sampler", "masked_nll", "pack_rows", "policy_loss", "random_masking_rows",
     "registry", "response_mask", "rl", "rows", "rows_from_rollout", "sampler_forward_fn", "save_hf_checkpoint",
     "scoring", "semi_ar_sft_rows", "split_model", "step_gae", "step_gae_rows", "trajectory", "trajectory_logprobs",
     "trajectory_values", "value_loss",
