@@ -64,14 +64,15 @@ def engine_fn(graphdef, scfg, num_slots=3, **kw):
                             EngineConfig(num_slots=num_slots, max_prompt_len=LQ, **kw))
 
 
-def assert_equals_block_sampler_alone(graphdef, params, scfg, prompts, valid, keys, ro, unpadded):
+def assert_equals_block_sampler_alone(graphdef, params, scfg, prompts, valid, keys, ro, unpadded, budgets=None):
     """Response ``i`` against the block sampler on prompt ``i`` alone (a batch of one): unpadded, or left-padded
     to the queue's width (one compile for all prompts; the padding is masked and positions count real tokens)."""
     block = make_block_sampler(sampler_forward_fn(graphdef), cache_init_fn(CFG), scfg)
     for i in range(prompts.shape[0]):
         P = int(valid[i].sum())
         cut = LQ - P if unpadded else 0
-        alone = block(params, prompts[i:i + 1, cut:], valid[i:i + 1, cut:], row_keys=keys[i:i + 1])
+        alone = block(params, prompts[i:i + 1, cut:], valid[i:i + 1, cut:], row_keys=keys[i:i + 1],
+                      row_budgets=None if budgets is None else budgets[i:i + 1])
         for f in FIELDS:
             np.testing.assert_array_equal(np.asarray(getattr(ro, f))[i], np.asarray(getattr(alone, f))[0],
                                           err_msg=f"response {i} (prompt length {P}): {f}")
@@ -85,20 +86,28 @@ DYNAMIC = dict(strategy="low_confidence_dynamic")
 
 # Slot counts 3, 1 and 8 (fewer, far fewer and more slots than prompts): each equal to the prompts alone, so a
 # response does not depend on the slot it ran in or on its neighbours.
-@pytest.mark.parametrize("kw,num_slots,unpadded", [
-    (DYNAMIC, 3, True),
+# The greedy case also gives each response its own budget (row_budgets, the forced stop of the benchmark).
+BUDGETS = np.array([3, 24, 7, 12, 1, 20, 5], np.int32)
+
+
+# The fused engine (2b-query forwards, EngineConfig.fuse_cache_write) in one case, the default in the others.
+@pytest.mark.parametrize("kw,num_slots,unpadded,budgets,fuse", [
+    (DYNAMIC, 3, True, None, False),
     (dict(strategy="low_confidence_static", steps_per_block=2, temperature=0.8, top_k=8, top_p=0.9,
-          max_new_tokens=10), 1, False),
-    (dict(strategy="sequential", steps_per_block=3, temperature=0.0), 8, False),
-], ids=["dynamic", "static-2-per-step-topk-topp-budget", "sequential-greedy"])
-def test_engine_equals_block_sampler_alone(model, kw, num_slots, unpadded):
+          max_new_tokens=10), 1, False, None, True),
+    (dict(strategy="sequential", steps_per_block=3, temperature=0.0, ignore_eos=True), 8, False, BUDGETS, False),
+], ids=["dynamic", "static-2-per-step-topk-topp-budget-fused", "sequential-greedy-row-budgets"])
+def test_engine_equals_block_sampler_alone(model, kw, num_slots, unpadded, budgets, fuse):
     graphdef, params = model
     scfg = sampler_config(**kw)
     prompts, valid = queue()
     keys = jax.random.split(jax.random.key(3), prompts.shape[0])
-    ro, stats = engine_fn(graphdef, scfg, num_slots)(params, prompts, valid, row_keys=keys, return_stats=True)
+    ro, stats = engine_fn(graphdef, scfg, num_slots, fuse_cache_write=fuse)(
+        params, prompts, valid, row_keys=keys, row_budgets=budgets, return_stats=True)
     lengths = np.asarray(ro.lengths)
-    if scfg.max_new_tokens is None:
+    if budgets is not None:   # no EOS: every response stops exactly at its own budget
+        np.testing.assert_array_equal(lengths, budgets)
+    elif scfg.max_new_tokens is None:
         # The scenario must contain a response ending at an EOS inside a block.
         assert np.any((lengths < scfg.gen_length) & (lengths % scfg.block_size != 0)), lengths
     else:
@@ -106,7 +115,7 @@ def test_engine_equals_block_sampler_alone(model, kw, num_slots, unpadded):
     if kw["strategy"] == "low_confidence_dynamic":   # several tokens committed by one step
         sm = np.asarray(ro.step_map)
         assert any(np.bincount(sm[r][sm[r] > 0]).max() > 1 for r in range(sm.shape[0]))
-    assert_equals_block_sampler_alone(graphdef, params, scfg, prompts, valid, keys, ro, unpadded)
+    assert_equals_block_sampler_alone(graphdef, params, scfg, prompts, valid, keys, ro, unpadded, budgets)
     # Every denoising slot-forward advanced exactly one response's step counter.
     assert int(stats.denoise_slot_forwards) == int(np.asarray(ro.num_steps).sum())
     assert int(stats.denoise_slot_forwards) <= int(stats.busy_slot_forwards) <= int(stats.slot_forwards)
@@ -147,6 +156,10 @@ def test_bad_input_raises_before_tracing(model):
     eng = engine_fn(graphdef, scfg)
     with pytest.raises(ValueError, match="row_keys"):
         eng(params, prompts, valid, row_keys=jax.random.split(jax.random.key(0), 3))
+    with pytest.raises(ValueError, match="row_budgets"):
+        eng(params, prompts, valid, rng=jax.random.key(0), row_budgets=np.ones(3, np.int32))
+    with pytest.raises(ValueError, match="row_budgets"):
+        eng(params, prompts, valid, rng=jax.random.key(0), row_budgets=np.full(len(LENGTHS), 25, np.int32))
     with pytest.raises(ValueError, match="prompt_valid"):
         eng(params, prompts, valid[:, 1:], rng=jax.random.key(0))
     with pytest.raises(ValueError, match="prompts"):

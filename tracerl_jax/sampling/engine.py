@@ -7,16 +7,22 @@ serves one response at a time and has its own prompt, current block, steps
 taken in that block, PRNG key and KV-cache region; a slot whose response ends
 (EOS or budget) takes the next waiting prompt of a queue. The whole run is one
 compiled ``lax.while_loop`` with static shapes, and every iteration is ONE
-forward of ``2b`` query positions for all slots, each slot doing what it needs:
+forward of ``b`` query positions for all slots, each slot doing what it needs:
 
-* ``prefill``: two blocks of its prompt (clean, block-causal) written to its
+* ``prefill``: one block of its prompt (clean, block-causal) written to its
   cache; logits unused;
-* ``denoise``: one denoising step of its current block, as
-  ``[pending clean block | noised block]``: the block finished last (or the
-  prompt's last block) is written to the cache in the same forward, exactly
-  like the block sampler's fused cache write; without one the clean half is
-  invalid padding whose K/V are dropped again;
+* ``save``: its block finished last, clean, written to its cache (the
+  block sampler's cache-saving forward, §1.6);
+* ``denoise``: one denoising step of its current block (nothing written);
 * ``idle``: nothing (no prompts left); all positions invalid.
+
+With ``EngineConfig.fuse_cache_write`` every forward has ``2b`` positions
+instead: a prefill writes two prompt blocks, and a denoising step runs
+``[pending clean block | noised block]``, writing the block finished last (or
+the prompt's last block) in the same forward as the block sampler's fused
+write does; without one the clean half is invalid padding whose K/V are
+dropped again. That saves a slot-forward per block but doubles every
+forward; on CPU the unfused engine is faster (benchmarks/README.md).
 
 Per-slot cache cursors. The KV cache has one write cursor per batch, so the
 forward runs ``vmap``-ed over slots, each slot a batch of one with its own
@@ -37,7 +43,8 @@ so sums run in another order; a sampled token differs only where that
 rounding flips a comparison (tests/test_engine.py).
 
 Only the ``"recommended"`` block alignment is supported (the prompt
-right-aligned to the response start); the cache write is always fused.
+right-aligned to the response start); ``BlockSamplerConfig.fuse_cache_write``
+is not read (the engine's own flag decides; both give the same trajectories).
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ from tracerl_jax import kv_cache as kvc
 from tracerl_jax.attention import MaskInfo
 from tracerl_jax.sampling import remasking
 from tracerl_jax.sampling.block_sampler import (BlockSamplerConfig, ForwardFn, Rollout, host_view, model_limits,
-                                                validate_prompts)
+                                                validate_prompts, validate_row_budgets)
 from tracerl_jax.sampling.token_sampling import row_keys_for, sample
 
 
@@ -69,11 +76,19 @@ class EngineConfig:
       cache_tokens: KV-cache slots available for all slots together (None:
         exactly what ``num_slots`` slots need). Each slot needs
         ``ceil(max_prompt_len / b) b + gen_length + b`` of them.
+      fuse_cache_write: every forward has ``2b`` query positions and a
+        finished block's K/V are written in its slot's next denoising
+        forward (``[pending clean | noised]``, as the block sampler's fused
+        write); prompts prefill two blocks per forward. Default False: ``b``
+        positions, and a finished block is written by a forward of its own
+        in its slot (one more slot-forward per block, each half the size);
+        measured faster on CPU (benchmarks/README.md, "Slot engine").
     """
 
     num_slots: int
     max_prompt_len: int
     cache_tokens: Optional[int] = None
+    fuse_cache_write: bool = False
 
     def __post_init__(self):
         for name in ("num_slots", "max_prompt_len"):
@@ -161,8 +176,10 @@ def _slot_cache(init_cache: Callable, num_slots: int, length: int) -> kvc.KVCach
 
 
 def _run(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, engine: EngineConfig, params,
-         prompts: jax.Array, prompt_valid: jax.Array, row_keys: jax.Array):
+         prompts: jax.Array, prompt_valid: jax.Array, row_keys: jax.Array, row_budgets: Optional[jax.Array]):
     N, Lq = prompts.shape
+    if row_budgets is None:
+        row_budgets = jnp.full((N,), cfg.budget, jnp.int32)
     S, b, Sb = engine.num_slots, cfg.block_size, cfg.steps_per_block
     G = cfg.gen_length
     num_blocks = G // b
@@ -206,7 +223,7 @@ def _run(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, e
             live=jnp.where(free, take, st["live"]), resp=sel(idx_c, st["resp"]),
             prompt=sel(prompts[idx_c], st["prompt"]), P=sel(P, st["P"]), nbp=sel(nbp, st["nbp"]),
             rem=sel(nbp, st["rem"]), j=sel(jnp.zeros_like(P), st["j"]), s=sel(jnp.zeros_like(P), st["s"]),
-            g=sel(jnp.zeros_like(P), st["g"]), appended=sel(jnp.zeros_like(P), st["appended"]),
+            g=sel(jnp.zeros_like(P), st["g"]), budget=sel(row_budgets[idx_c], st["budget"]), appended=sel(jnp.zeros_like(P), st["appended"]),
             key=_select_keys(take, row_keys[idx_c], st["key"]),
             blk=jnp.where(take[:, None], cfg.mask_id, st["blk"]), bstep=jnp.where(take[:, None], 0, st["bstep"]),
             blogp=jnp.where(take[:, None], 0.0, st["blogp"]), bconf=jnp.where(take[:, None], 0.0, st["bconf"]),
@@ -222,7 +239,7 @@ def _run(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, e
     zg_i, zg_f = jnp.zeros((S, G), jnp.int32), jnp.zeros((S, G), jnp.float32)
     st = dict(
         cache=_slot_cache(init_cache, S, T), next=jnp.zeros((), jnp.int32), live=jnp.zeros((S,), bool),
-        resp=zi, prompt=jnp.zeros((S, Lq), jnp.int32), P=zi, nbp=zi, rem=zi, j=zi, s=zi, g=zi, appended=zi,
+        resp=zi, prompt=jnp.zeros((S, Lq), jnp.int32), P=zi, budget=zi, nbp=zi, rem=zi, j=zi, s=zi, g=zi, appended=zi,
         key=row_keys[jnp.zeros((S,), jnp.int32)],
         blk=zb_i, bstep=zb_i, blogp=zb_f, bconf=zb_f,
         pend=jnp.zeros((S,), bool), pend_blk=zb_i, pend_pos=zb_i,
@@ -233,21 +250,23 @@ def _run(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, e
         forwards=jnp.zeros((), jnp.int32), busy=jnp.zeros((), jnp.int32), denoising=jnp.zeros((), jnp.int32))
     st = refill(st, jnp.ones((S,), bool))
 
+    fused = engine.fuse_cache_write
+    skip = b if fused else 0   # query positions before the noised block (the clean half of a fused forward)
+
     def slot_forward(tokens, positions, info, cache):
         one = lambda a: a[None]
         info1 = MaskInfo(*(one(a) for a in info))
-        if getattr(forward_fn, "supports_logits_from", False):   # no vocabulary projection of the clean half
-            logits, cache = forward_fn(params, one(tokens), one(positions), info1, cache, True, logits_from=b)
+        if skip and getattr(forward_fn, "supports_logits_from", False):   # no vocabulary projection of the clean half
+            logits, cache = forward_fn(params, one(tokens), one(positions), info1, cache, True, logits_from=skip)
         else:
             logits, cache = forward_fn(params, one(tokens), one(positions), info1, cache, True)
-            logits = logits[:, b:]
+            logits = logits[:, skip:]
         return logits[0], cache
 
-    def body(st):
-        live = st["live"]
+    def inputs_fused(st, live, j):
+        """``[S, 2b]`` forward inputs: prefill two prompt blocks, or ``[pending clean | noised block]``."""
         prefill = live & (st["rem"] >= 2)
         denoise = live & (st["rem"] < 2)
-        j, s, g = st["j"], st["s"], st["g"]
 
         # Prefill: the next two prompt blocks, clean, all written.
         p_tok, p_pos, p_blk, p_val = prompt_piece(st, st["nbp"] - st["rem"], 2 * b)
@@ -273,6 +292,32 @@ def _run(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, e
         info = MaskInfo(jnp.where(pf, p_blk, d_blk).astype(jnp.int32), d_noised & ~pf,
                         jnp.where(pf, p_val, d_val & denoise[:, None]))
         keep = jnp.where(prefill, 2 * b, jnp.where(denoise & has_pend, b, 0))
+        rem = jnp.where(prefill, st["rem"] - 2, jnp.where(denoise, 0, st["rem"]))
+        pend = st["pend"] & ~denoise
+        return tokens, positions, info, keep, denoise, rem, pend, blk_pos
+
+    def inputs_unfused(st, live, j):
+        """``[S, b]`` forward inputs: one prompt block, the pending block (clean, written), or the noised block."""
+        prefill = live & (st["rem"] >= 1)
+        save = live & (st["rem"] == 0) & st["pend"]
+        denoise = live & (st["rem"] == 0) & ~st["pend"]
+        p_tok, p_pos, p_blk, p_val = prompt_piece(st, st["nbp"] - st["rem"], b)
+        blk_pos = (st["P"] + j * b)[:, None] + ar_b[None]
+        pf, sv = prefill[:, None], save[:, None]
+        tokens = jnp.where(pf, p_tok, jnp.where(sv, st["pend_blk"], st["blk"]))
+        positions = jnp.where(pf, p_pos, jnp.where(sv, st["pend_pos"], blk_pos))
+        blk_id = jnp.where(pf, p_blk, jnp.where(save, j - 1, j)[:, None] + jnp.zeros((S, b), jnp.int32))
+        info = MaskInfo(blk_id.astype(jnp.int32), jnp.broadcast_to(denoise[:, None], (S, b)),
+                        jnp.where(pf, p_val, (save | denoise)[:, None]))
+        keep = jnp.where(prefill | save, b, 0)
+        return tokens, positions, info, keep, denoise, st["rem"] - prefill.astype(jnp.int32), st["pend"] & ~save, \
+            blk_pos
+
+    def body(st):
+        live = st["live"]
+        j, s, g = st["j"], st["s"], st["g"]
+        tokens, positions, info, keep, denoise, rem, pend, blk_pos = (inputs_fused if fused else inputs_unfused)(
+            st, live, j)
         length0 = st["cache"].length
         logits, cache = jax.vmap(slot_forward)(tokens, positions, info, st["cache"])
         cache = jax.vmap(kvc.truncate)(cache, length0 + keep)
@@ -298,11 +343,11 @@ def _run(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, e
         off = j * b
         idx = off[:, None] + ar_b[None]
         is_eos = (blk == cfg.eos_id) & (not cfg.ignore_eos)
-        stop = is_eos | (idx >= cfg.budget)
+        stop = is_eos | (idx >= st["budget"][:, None])
         first_stop = jnp.where(jnp.any(stop, -1), jnp.argmax(stop, -1), b)[:, None]
         appended = (ar_b[None] < first_stop) | ((ar_b[None] == first_stop) & is_eos)
         n_app = st["appended"] + jnp.where(done, jnp.sum(appended, -1), 0).astype(jnp.int32)
-        ended = done & (jnp.any(stop, -1) | (n_app >= cfg.budget) | (j + 1 >= num_blocks))
+        ended = done & (jnp.any(stop, -1) | (n_app >= st["budget"]) | (j + 1 >= num_blocks))
 
         # The committed block enters the slot's response buffers at its offset.
         at = (ar_G[None] >= off[:, None]) & (ar_G[None] < (off + b)[:, None]) & done[:, None]
@@ -316,11 +361,11 @@ def _run(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, e
         res = lambda r, v: r.at[dest].set(v, mode="drop")
         nxt = (~ended)[:, None]
         new = dict(
-            st, cache=cache, rem=jnp.where(prefill, st["rem"] - 2, jnp.where(denoise, 0, st["rem"])),
+            st, cache=cache, rem=rem,
             j=jnp.where(done, j + 1, j), s=jnp.where(done, 0, s), g=g, appended=n_app,
             blk=jnp.where(done[:, None], cfg.mask_id, blk), bstep=jnp.where(done[:, None], 0, bstep),
             blogp=jnp.where(done[:, None], 0.0, blogp), bconf=jnp.where(done[:, None], 0.0, bconf),
-            pend=jnp.where(done, ~ended, st["pend"] & ~denoise),
+            pend=jnp.where(done, ~ended, pend),
             pend_blk=jnp.where(done[:, None] & nxt, blk, st["pend_blk"]),
             pend_pos=jnp.where(done[:, None] & nxt, blk_pos, st["pend_pos"]),
             out_tok=out_tok, out_step=out_step, out_logp=out_logp, out_conf=out_conf,
@@ -367,12 +412,13 @@ def make_slot_engine(forward_fn: ForwardFn, init_cache: Callable[[int, int], kvc
 
     Returns:
       ``sample_fn(params, prompts [N, Lq], prompt_valid [N, Lq], rng=None,
-      row_keys=None, return_stats=False) -> Rollout`` (``[N, G]`` fields, in
+      row_keys=None, row_budgets=None, return_stats=False) -> Rollout`` (``[N, G]`` fields, in
       queue order), or ``(Rollout, EngineStats)`` with ``return_stats``. The
       ``N`` prompts are the refill queue; ``N`` may exceed ``num_slots``.
       With the same ``row_keys [N]``, response ``i`` equals the block
       sampler's on prompt ``i`` alone (up to float32 rounding, module
-      docstring). One compile per ``(N, Lq)``.
+      docstring). ``row_budgets`` (int ``[N]``) are per-response completion
+      budgets, as the block sampler's. One compile per ``(N, Lq)``.
 
     Raises:
       ValueError: (before tracing) ``compat`` other than ``"recommended"``,
@@ -382,10 +428,11 @@ def make_slot_engine(forward_fn: ForwardFn, init_cache: Callable[[int, int], kvc
     """
     check_engine(cfg, engine)
     vocab_size, max_positions = model_limits(forward_fn, vocab_size, max_positions)
-    core = jax.jit(lambda params, prompts, valid, keys: _run(forward_fn, init_cache, cfg, engine, params, prompts,
-                                                              valid, keys))
+    core = jax.jit(lambda params, prompts, valid, keys, budgets=None: _run(forward_fn, init_cache, cfg, engine, params,
+                                                                       prompts, valid, keys, budgets))
 
-    def sample_fn(params, prompts, prompt_valid, rng=None, row_keys=None, return_stats: bool = False):
+    def sample_fn(params, prompts, prompt_valid, rng=None, row_keys=None, row_budgets=None,
+                  return_stats: bool = False):
         prompts = jnp.asarray(prompts)
         prompt_valid = jnp.asarray(prompt_valid, bool)
         if row_keys is not None:
@@ -396,14 +443,16 @@ def make_slot_engine(forward_fn: ForwardFn, init_cache: Callable[[int, int], kvc
                                      f"got shape {tuple(row_keys.shape)}")
                 row_keys = jax.random.wrap_key_data(row_keys)
         validate_queue(prompts, prompt_valid, row_keys, cfg, engine, vocab_size, max_positions)
+        row_budgets = validate_row_budgets(row_budgets, prompts.shape[0], cfg)
         row_keys = row_keys_for(prompts.shape[0], rng, row_keys, random=cfg.temperature != 0.0)
         if not _typed(row_keys):
             row_keys = jax.random.wrap_key_data(row_keys)
         Lq = prompts.shape[1]
         if Lq > engine.max_prompt_len:   # only padding beyond the budget (validate_queue checked)
             prompts, prompt_valid = prompts[:, Lq - engine.max_prompt_len:], prompt_valid[:, Lq - engine.max_prompt_len:]
-        rollout, stats = core(params, prompts.astype(jnp.int32), prompt_valid, row_keys)
+        rollout, stats = core(params, prompts.astype(jnp.int32), prompt_valid, row_keys, row_budgets)
         return (rollout, stats) if return_stats else rollout
 
+    # Ahead-of-time lowering, as the block sampler's: ``lower_core(params, prompts, prompt_valid, row_keys)``.
     sample_fn.lower_core = core.lower
     return sample_fn
