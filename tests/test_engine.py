@@ -178,3 +178,4 @@ def test_padding_beyond_the_prompt_budget_is_dropped(model):
     a, b = eng(params, prompts, valid, row_keys=keys), eng(params, wide_p, wide_v, row_keys=keys)
     for f in FIELDS:
         np.testing.assert_array_equal(np.asarray(getattr(a, f)), np.asarray(getattr(b, f)), err_msg=f)
+

@@ -72,7 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
     # who decodes a step's responses: block = the block sampler, one lockstep batch (a row waits for the slowest
     # row of its block and keeps its place after EOS) | slots = the slot engine (sampling.engine: rollout.slots
     # responses at a time, a finished one's slot takes the next prompt); the same trajectories. block on CPU:
-    # at this recipe's short answers the engine is slower (benchmarks/README.md, "Slot engine")
+    # at this recipe's short answers the engine is not faster (benchmarks/README.md, "Slot engine"). On a mesh the
+    # engine runs under global_sampler like the block sampler (same rollouts, tested on 2 CPU devices; not measured)
     c.rollout.engine = "block"
     c.rollout.slots = config_dict.placeholder(int)  # engine slots (None: the rows of a sampler call, at most 64)
     c.rollout.top_k = 0             # 0 = off

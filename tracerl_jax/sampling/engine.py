@@ -223,7 +223,8 @@ def _run(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, e
             live=jnp.where(free, take, st["live"]), resp=sel(idx_c, st["resp"]),
             prompt=sel(prompts[idx_c], st["prompt"]), P=sel(P, st["P"]), nbp=sel(nbp, st["nbp"]),
             rem=sel(nbp, st["rem"]), j=sel(jnp.zeros_like(P), st["j"]), s=sel(jnp.zeros_like(P), st["s"]),
-            g=sel(jnp.zeros_like(P), st["g"]), budget=sel(row_budgets[idx_c], st["budget"]), appended=sel(jnp.zeros_like(P), st["appended"]),
+            g=sel(jnp.zeros_like(P), st["g"]), budget=sel(row_budgets[idx_c], st["budget"]),
+            appended=sel(jnp.zeros_like(P), st["appended"]),
             key=_select_keys(take, row_keys[idx_c], st["key"]),
             blk=jnp.where(take[:, None], cfg.mask_id, st["blk"]), bstep=jnp.where(take[:, None], 0, st["bstep"]),
             blogp=jnp.where(take[:, None], 0.0, st["blogp"]), bconf=jnp.where(take[:, None], 0.0, st["bconf"]),
@@ -310,8 +311,9 @@ def _run(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, e
         info = MaskInfo(blk_id.astype(jnp.int32), jnp.broadcast_to(denoise[:, None], (S, b)),
                         jnp.where(pf, p_val, (save | denoise)[:, None]))
         keep = jnp.where(prefill | save, b, 0)
-        return tokens, positions, info, keep, denoise, st["rem"] - prefill.astype(jnp.int32), st["pend"] & ~save, \
-            blk_pos
+        rem = st["rem"] - prefill.astype(jnp.int32)
+        pend = st["pend"] & ~save
+        return tokens, positions, info, keep, denoise, rem, pend, blk_pos
 
     def body(st):
         live = st["live"]
@@ -449,7 +451,8 @@ def make_slot_engine(forward_fn: ForwardFn, init_cache: Callable[[int, int], kvc
             row_keys = jax.random.wrap_key_data(row_keys)
         Lq = prompts.shape[1]
         if Lq > engine.max_prompt_len:   # only padding beyond the budget (validate_queue checked)
-            prompts, prompt_valid = prompts[:, Lq - engine.max_prompt_len:], prompt_valid[:, Lq - engine.max_prompt_len:]
+            cut = Lq - engine.max_prompt_len
+            prompts, prompt_valid = prompts[:, cut:], prompt_valid[:, cut:]
         rollout, stats = core(params, prompts.astype(jnp.int32), prompt_valid, row_keys, row_budgets)
         return (rollout, stats) if return_stats else rollout
 
