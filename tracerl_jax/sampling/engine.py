@@ -22,7 +22,8 @@ instead: a prefill writes two prompt blocks, and a denoising step runs
 the prompt's last block) in the same forward as the block sampler's fused
 write does; without one the clean half is invalid padding whose K/V are
 dropped again. That saves a slot-forward per block but doubles every
-forward; on CPU the unfused engine is faster (benchmarks/README.md).
+forward; on CPU the b-wide engine measured as fast or slightly faster on both
+benchmark workloads (benchmarks/README.md, "Slot engine").
 
 Per-slot cache cursors. The KV cache has one write cursor per batch, so the
 forward runs ``vmap``-ed over slots, each slot a batch of one with its own
@@ -82,7 +83,7 @@ class EngineConfig:
         write); prompts prefill two blocks per forward. Default False: ``b``
         positions, and a finished block is written by a forward of its own
         in its slot (one more slot-forward per block, each half the size);
-        measured faster on CPU (benchmarks/README.md, "Slot engine").
+        as fast or slightly faster on CPU (benchmarks/README.md, "Slot engine").
     """
 
     num_slots: int
