@@ -35,7 +35,7 @@ def test_rollout_engine_is_checked():
     with pytest.raises(ValueError, match="rollout.engine='slots' decodes block-diffusion models only"):
         setup.check_config(recipe(engine="slots"), family=get_family("llada"))
     assert setup.rollout_engine(recipe(), 128) is None
-    assert setup.rollout_engine(recipe(engine="slots"), 128) == EngineConfig(num_slots=64, max_prompt_len=16)
+    assert setup.rollout_engine(recipe(engine="slots"), 128) == EngineConfig(num_slots=32, max_prompt_len=16)
     assert setup.rollout_engine(recipe(engine="slots", slots=5), 8) == EngineConfig(num_slots=5, max_prompt_len=16)
 
 

@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     # at this recipe's short answers the engine is not faster (benchmarks/README.md, "Slot engine"). On a mesh the
     # engine runs under global_sampler like the block sampler (same rollouts, tested on 2 CPU devices; not measured)
     c.rollout.engine = "block"
-    c.rollout.slots = config_dict.placeholder(int)  # engine slots (None: the rows of a sampler call, at most 64)
+    c.rollout.slots = config_dict.placeholder(int)  # engine slots (None: the rows of a sampler call, at most 32)
     c.rollout.top_k = 0             # 0 = off
     c.rollout.top_p = 1.0           # 1.0 = off
     c.rollout.group_filter = "constant"  # none | constant (drop all-equal groups) | range (keep 0.2..0.8 acc)
