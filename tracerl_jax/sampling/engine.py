@@ -112,7 +112,8 @@ class EngineStats(NamedTuple):
       forwards: int32 scalar, forwards run (loop iterations).
       slot_forwards: int32 scalar, ``forwards x num_slots``.
       busy_slot_forwards: int32 scalar, slot-forwards that advanced a live
-        response (a prefill chunk or a denoising step).
+        response (a prefill chunk, a finished block's cache write or a
+        denoising step); the rest were idle (no prompt left to take).
       denoise_slot_forwards: int32 scalar, the denoising steps among them.
     """
 
