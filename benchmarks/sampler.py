@@ -68,11 +68,19 @@ second) does not depend on how much of the machine other jobs took, so on a
 shared machine it is the number to compare across runs; wall-clock tokens/s
 is what a user sees on an idle one.
 
+Slot engine (``--engine both|engine|block --workload default|longtail``):
+the slot engine against the block sampler on one queue of responses, side by
+side in one run, instead of the grid above; workloads, the forced stop of the
+long-tail workload and the columns are described in
+``benchmarks/engine_vs_block.py``. The run ends with the line ``engine vs
+block sampler: X.XXx tokens/s, utilisation engine 0.XX block 0.XX``.
+
 Usage::
 
     nice -n 10 python benchmarks/sampler.py                  # B = 1,8,32; PyTorch peer at B = 1,32
     nice -n 10 python benchmarks/sampler.py --batches 1,8,32,128 --peer-batches 1,8,32,128     # full grid
     nice -n 10 python benchmarks/sampler.py --presets small --batches 1,32 --trained-batches ''
+    nice -n 10 python benchmarks/sampler.py --engine both --workload longtail
 """
 
 from __future__ import annotations
@@ -97,6 +105,7 @@ from tracerl_jax.models import cache_init_fn, make_cache, sampler_forward_fn  # 
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
 
 import _common as common  # noqa: E402
+import engine_vs_block  # noqa: E402
 
 VARIANTS = {
     "static": dict(strategy="low_confidence_static"),
@@ -145,6 +154,7 @@ def parse_args(argv=None):
                    help="keep each preset's vocabulary size instead of the tasks tokenizer's (ids stay valid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/sampler.json)")
+    engine_vs_block.add_args(p)
     args = p.parse_args(argv)
     unknown = set(common.parse_strs(args.variants) + common.parse_strs(args.peer_variants)) - set(VARIANTS)
     if unknown:
@@ -312,6 +322,8 @@ def arithmetic_prompts(tok, n: int, prompt_len: int, seed: int):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.engine:   # slot engine vs block sampler (benchmarks/engine_vs_block.py)
+        return engine_vs_block.main(args)
     env = common.environment()
     meter = common.LoadMeter()
     tok = load_tokenizer("tasks")

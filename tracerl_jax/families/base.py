@@ -108,8 +108,9 @@ class Family:
         """The sampler settings of a config section (``strategy``, ``temperature``, ...)."""
         raise NotImplementedError
 
-    def make_sampler(self, graphdef, model_config, sampler_config):
-        """``sample_fn(params, prompts, prompt_valid, rng=None, row_keys=None) -> Rollout``."""
+    def make_sampler(self, graphdef, model_config, sampler_config, engine=None):
+        """``sample_fn(params, prompts, prompt_valid, rng=None, row_keys=None) -> Rollout``; with ``engine`` (a
+        :class:`~tracerl_jax.sampling.EngineConfig`, block models only) the slot engine's."""
         raise NotImplementedError
 
     # ---- checks -------------------------------------------------------------

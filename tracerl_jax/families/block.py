@@ -61,11 +61,16 @@ class BlockFamily(Family):
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
 
-    def make_sampler(self, graphdef, model_config, sampler_config):
+    def make_sampler(self, graphdef, model_config, sampler_config, engine=None):
         from tracerl_jax.models import cache_init_fn, sampler_forward_fn
+        from tracerl_jax.sampling import make_slot_engine
 
         if not isinstance(sampler_config, BlockSamplerConfig):
             raise ValueError(f"a {self.name} model takes a BlockSamplerConfig, got {type(sampler_config).__name__}")
+        if engine is not None:   # the slot engine: the same rollouts, continuously batched
+            return make_slot_engine(sampler_forward_fn(graphdef), cache_init_fn(model_config), sampler_config, engine,
+                                    vocab_size=model_config.vocab_size,
+                                    max_positions=model_config.max_position_embeddings)
         return make_block_sampler(sampler_forward_fn(graphdef), cache_init_fn(model_config), sampler_config,
                                   vocab_size=model_config.vocab_size,
                                   max_positions=model_config.max_position_embeddings)

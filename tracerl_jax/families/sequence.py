@@ -88,8 +88,11 @@ class SequenceFamily(Family):
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
 
-    def make_sampler(self, graphdef, model_config, sampler_config):
+    def make_sampler(self, graphdef, model_config, sampler_config, engine=None):
         from tracerl_jax.models import cache_init_fn, full_sampler_forward_fn
+
+        if engine is not None:
+            raise ValueError(f"the slot engine decodes block-diffusion models only, not {self.name!r} models")
 
         if not isinstance(sampler_config, FullSamplerConfig):
             raise ValueError(f"a {self.name} model takes a FullSamplerConfig, got {type(sampler_config).__name__}")

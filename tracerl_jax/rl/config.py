@@ -13,6 +13,7 @@ import numpy as np
 
 from tracerl_jax.advantages import ADVANTAGE_ESTIMATORS
 from tracerl_jax.families import Family, RowSettings, get_family
+from tracerl_jax.families.block import BlockFamily
 from tracerl_jax.losses import POLICY_LOSSES
 from tracerl_jax.models.config import canonical_dtype
 from tracerl_jax.registry import check_name
@@ -20,6 +21,7 @@ from tracerl_jax.rl.stages import ROW_BUILDERS
 from tracerl_jax.train.steps import PolicyLossConfig
 
 REFERENCES = ("rollout", "initial")
+ROLLOUT_ENGINES = ("block", "slots")
 OLD_LOGPROBS = ("trainer", "rollout")
 
 
@@ -111,6 +113,27 @@ def rollout_rows_per_call(cfg, row_devices: int, process_count: int = 1) -> Opti
     return per * max(row_devices // process_count, 1)
 
 
+def rollout_engine(cfg, rows_per_call: int):
+    """The slot engine's settings for the training rollouts, or None for the block sampler (``rollout.engine``).
+
+    Args:
+      cfg: the RL recipe.
+      rows_per_call: responses of one sampler call (the engine's queue).
+
+    Returns:
+      :class:`~tracerl_jax.sampling.EngineConfig` with ``rollout.slots``
+      slots (default: ``rows_per_call``, at most 32: on the default recipe
+      32 slots measured faster than 64, benchmarks/README.md) and the recipe's
+      ``prompt_len`` as the prompt budget; None with ``rollout.engine='block'``.
+    """
+    from tracerl_jax.sampling import EngineConfig
+
+    if cfg.rollout.get("engine", "block") == "block":
+        return None
+    slots = cfg.rollout.get("slots") or min(rows_per_call, 32)
+    return EngineConfig(num_slots=slots, max_prompt_len=cfg.prompt_len)
+
+
 def check_config(cfg, *, family: Family | str = "sdar", process_count: int = 1, device_count: int = 1,
                  platform: str = "cpu") -> None:
     """Rejects a recipe that cannot run, before anything is built.
@@ -171,6 +194,15 @@ def check_config(cfg, *, family: Family | str = "sdar", process_count: int = 1, 
     if (r.num_prompts * r.k) % row_devices:
         raise ValueError(f"rollout.num_prompts x rollout.k = {r.num_prompts * r.k} responses must be divisible by "
                          f"the mesh's data x fsdp = {row_devices} devices (rollouts are split over them)")
+    engine = r.get("engine", "block")
+    if engine not in ROLLOUT_ENGINES:
+        raise ValueError(f"rollout.engine must be one of {ROLLOUT_ENGINES}, got {engine!r}")
+    slots = r.get("slots")
+    if slots is not None and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
+        raise ValueError(f"rollout.slots must be an int >= 1 or None, got {slots!r}")
+    if engine == "slots" and not isinstance(family, BlockFamily):
+        raise ValueError(f"rollout.engine='slots' decodes block-diffusion models only; this policy's family is "
+                         f"{family.name!r}: use rollout.engine='block'")
     per_call = r.get("rows_per_device")
     if per_call is not None:
         if not isinstance(per_call, int) or isinstance(per_call, bool) or per_call < 1:

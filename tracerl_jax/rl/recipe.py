@@ -69,6 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
     # rows per data x fsdp device in one sampler call (None: the step's num_prompts x k responses at once);
     # the sampler's KV cache grows with its rows, so large models sample a step in chunks of this size
     c.rollout.rows_per_device = config_dict.placeholder(int)
+    # who decodes a step's responses: block = the block sampler, one lockstep batch (a row waits for the slowest
+    # row of its block and keeps its place after EOS) | slots = the slot engine (sampling.engine: rollout.slots
+    # responses at a time, a finished one's slot takes the next prompt); the same trajectories. block on CPU:
+    # at this recipe's short answers the engine is not faster (benchmarks/README.md, "Slot engine"). On a mesh the
+    # engine runs under global_sampler like the block sampler (same rollouts, tested on 2 CPU devices; not measured)
+    c.rollout.engine = "block"
+    c.rollout.slots = config_dict.placeholder(int)  # engine slots (None: the rows of a sampler call, at most 32)
     c.rollout.top_k = 0             # 0 = off
     c.rollout.top_p = 1.0           # 1.0 = off
     c.rollout.group_filter = "constant"  # none | constant (drop all-equal groups) | range (keep 0.2..0.8 acc)

@@ -200,11 +200,13 @@ def build_run(cfg, *, score_fn: Optional[Callable] = None) -> Run:
     r = cfg.rollout
     rollout_config, rollout_graphdef = rollout_model(model_config, graphdef, r.get("dtype"))
 
-    def sampler(strategy, temperature, threshold):
+    rows_per_call = rl_config.rollout_rows_per_call(cfg, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count())
+
+    def sampler(strategy, temperature, threshold, engine=None):
         section = dict(r.to_dict(), strategy=strategy, temperature=temperature, threshold=threshold)
         scfg = family.sampler_config(section, tokenizer, block_size=r.block_size, gen_length=r.gen_length,
                                      name="rollout")
-        return global_sampler(family.make_sampler(rollout_graphdef, rollout_config, scfg), mesh)
+        return global_sampler(family.make_sampler(rollout_graphdef, rollout_config, scfg, engine), mesh)
 
     c = cfg.rl
     opt_cfg = OptimizerConfig(learning_rate=c.learning_rate, schedule=c.schedule, max_grad_norm=c.max_grad_norm,
@@ -230,9 +232,9 @@ def build_run(cfg, *, score_fn: Optional[Callable] = None) -> Run:
         score_fn=score_fn or default_verifier(train[:1] + test[:1]), mesh=mesh,
         row_settings=rl_config.row_settings(cfg, tokenizer), advantage=rl_config.advantage_estimator(cfg),
         model_config=model_config, policy=policy, value=value, reference_params=reference,
-        sample_fn=chunked_sampler(sampler(r.strategy, r.temperature, r.threshold),
-                                  rl_config.rollout_rows_per_call(cfg, mesh.shape["data"] * mesh.shape["fsdp"],
-                                                                   jax.process_count())),
+        # rollout.engine: the block sampler or the slot engine (evaluation always uses the block sampler)
+        sample_fn=chunked_sampler(sampler(r.strategy, r.temperature, r.threshold, rl_config.rollout_engine(
+            cfg, rows_per_call or r.num_prompts * r.k // jax.process_count())), rows_per_call),
         eval_sample_fn=sampler(cfg.eval.strategy, cfg.eval.temperature, cfg.eval.threshold), opt_cfg=opt_cfg,
         # Every process walks the same global prompt stream and takes its slice of each batch.
         data=ExampleIterator(num_examples=len(train), batch_size=r.num_prompts, seed=cfg.seed,

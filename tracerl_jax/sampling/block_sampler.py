@@ -187,8 +187,11 @@ def _prompt_layout(prompt_valid: jax.Array, cfg: BlockSamplerConfig, Lg: int):
 
 
 def _generate(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConfig, params,
-              prompts: jax.Array, prompt_valid: jax.Array, row_keys: jax.Array) -> Rollout:
+              prompts: jax.Array, prompt_valid: jax.Array, row_keys: jax.Array,
+              row_budgets: Optional[jax.Array] = None) -> Rollout:
     B, Lp = prompts.shape
+    # Completion budget per row (§1.7's max_tokens): the config's, or one per row (a forced stop).
+    budget = jnp.full((B,), cfg.budget, jnp.int32) if row_budgets is None else row_budgets.astype(jnp.int32)
     b, S = cfg.block_size, cfg.steps_per_block
     G = cfg.canvas_length
     Lg = -(-Lp // b) * b
@@ -288,12 +291,12 @@ def _generate(forward_fn: ForwardFn, init_cache: Callable, cfg: BlockSamplerConf
         idx = off + jnp.arange(b)[None] - tail[:, None]
         is_resp = idx >= 0
         is_eos = (blk == cfg.eos_id) & (not cfg.ignore_eos)
-        stop = is_resp & (is_eos | (idx >= cfg.budget))
+        stop = is_resp & (is_eos | (idx >= budget[:, None]))
         first_stop = jnp.where(jnp.any(stop, -1), jnp.argmax(stop, -1), b)[:, None]
         pos_in = jnp.arange(b)[None]
         appended = is_resp & ((pos_in < first_stop) | ((pos_in == first_stop) & is_eos))
         n_app = st["appended"] + jnp.where(live, jnp.sum(appended, -1), 0).astype(jnp.int32)
-        finished = st["finished"] | (live & (jnp.any(stop, -1) | (n_app >= cfg.budget)))
+        finished = st["finished"] | (live & (jnp.any(stop, -1) | (n_app >= budget)))
 
         more = jnp.any(~finished) & (j + 1 < num_blocks)   # another block follows: it needs this one's K/V
         if not cfg.fuse_cache_write:
@@ -358,6 +361,30 @@ def validate_prompts(prompts, prompt_valid, cfg: BlockSamplerConfig, vocab_size:
             raise ValueError("every prompt needs at least one real token (prompt_valid[:, -1] is False)")
 
 
+def validate_row_budgets(row_budgets, batch: int, cfg: BlockSamplerConfig) -> Optional[jax.Array]:
+    """Checks per-row completion budgets before tracing; returns them as int32 ``[batch]`` (or None).
+
+    Raises:
+      ValueError: naming ``row_budgets``: not ``[batch]`` integers, or a value
+        outside ``[1, cfg.budget]``.
+    """
+    if row_budgets is None:
+        return None
+    shape = tuple(np.shape(row_budgets))
+    if shape != (batch,):
+        raise ValueError(f"row_budgets must have shape ({batch},) (one budget per row), got {shape}")
+    if not jnp.issubdtype(jnp.asarray(row_budgets).dtype, jnp.integer):
+        raise ValueError(f"row_budgets must be integers, got {jnp.asarray(row_budgets).dtype}")
+    try:
+        rb = host_view(row_budgets)
+    except jax.errors.TracerArrayConversionError:
+        rb = None
+    if rb is not None and rb.size and (rb.min() < 1 or rb.max() > cfg.budget):
+        raise ValueError(f"row_budgets must lie in [1, {cfg.budget}] (max_new_tokens or gen_length), "
+                         f"got range [{rb.min()}, {rb.max()}]")
+    return jnp.asarray(row_budgets, jnp.int32)
+
+
 def host_view(x) -> np.ndarray:
     """The values of ``x`` this process can see: all of a local array, this process's shards of a global one
     (row-wise checks of a multi-process batch then run on each process's own rows)."""
@@ -397,20 +424,26 @@ def make_block_sampler(forward_fn: ForwardFn, init_cache: Callable[[int, int], k
 
     Returns:
       ``sample_fn(params, prompts [B,Lp], prompt_valid [B,Lp], rng=None,
-      row_keys=None) -> Rollout``. Pass either one ``rng`` (split per row) or
-      ``row_keys [B]`` (reproducible per row, whatever the batch). The
+      row_keys=None, row_budgets=None) -> Rollout``. Pass either one ``rng``
+      (split per row) or ``row_keys [B]`` (reproducible per row, whatever the
+      batch). ``row_budgets`` (int ``[B]``, each in ``[1, budget]``) gives
+      each row its own completion budget (``max_new_tokens`` per row; the
+      forced stop of ``benchmarks/sampler.py --workload longtail``). The
       compiled program is reused for every call with the same shapes.
     """
     vocab_size, max_positions = model_limits(forward_fn, vocab_size, max_positions)
-    core = jax.jit(lambda params, prompts, valid, keys: _generate(
-        forward_fn, init_cache, cfg, params, prompts, valid, keys))
+    core = jax.jit(lambda params, prompts, valid, keys, row_budgets=None: _generate(
+        forward_fn, init_cache, cfg, params, prompts, valid, keys, row_budgets))
 
-    def sample_fn(params, prompts, prompt_valid, rng=None, row_keys=None) -> Rollout:
+    def sample_fn(params, prompts, prompt_valid, rng=None, row_keys=None, row_budgets=None) -> Rollout:
         prompts = jnp.asarray(prompts)
         prompt_valid = jnp.asarray(prompt_valid, bool)
         validate_prompts(prompts, prompt_valid, cfg, vocab_size, max_positions)
+        row_budgets = validate_row_budgets(row_budgets, prompts.shape[0], cfg)
         row_keys = row_keys_for(prompts.shape[0], rng, row_keys, random=cfg.temperature != 0.0)
-        return core(params, prompts.astype(jnp.int32), prompt_valid, row_keys)
+        if row_budgets is None:   # the program memory_plan lowers (lower_core's four arguments)
+            return core(params, prompts.astype(jnp.int32), prompt_valid, row_keys)
+        return core(params, prompts.astype(jnp.int32), prompt_valid, row_keys, row_budgets)
 
     # Ahead-of-time lowering of the compiled program (tracerl_jax.memory_plan): ``sample_fn.lower_core(
     # params, prompts int32 [B, Lp], prompt_valid bool [B, Lp], row_keys [B])`` takes abstract
