@@ -117,8 +117,9 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=120.0,
                    help="stop steady rounds once this much time is spent (>= 2 rounds)")
     p.add_argument("--no-forward", action="store_true", help="skip the forward-only timing")
-    p.add_argument("--attention", choices=("dense", "blockwise", "both"), default="dense",
-                   help="model attention_impl for every step; 'both' adds a blockwise policy step beside the dense one")
+    p.add_argument("--attention", choices=("dense", "blockwise", "both"), default=None,
+                   help="model attention_impl for every step; 'both' adds a blockwise policy step beside the dense one "
+                        "(default: dense; with --rows: blockwise, the attention packed rows are meant for)")
     p.add_argument("--attention-tiles", default="64x64", help="blockwise q_tile x k_tile")
     p.add_argument("--no-peer", action="store_true", help="skip the PyTorch eager peer (benchmarks/torch_peer.py)")
     p.add_argument("--peer-attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention of the peer")
@@ -139,6 +140,8 @@ def parse_args(argv=None):
                    help="--rows mode: TraceRL rounds per response (decoding steps per block), a divisor of the "
                         "block size; packed rows hold all of them")
     args = p.parse_args(argv)
+    if args.attention is None:
+        args.attention = "blockwise" if args.rows is not None else "dense"
     if args.rows is not None:
         forms = common.parse_strs(args.rows)
         if not forms or any(f not in ("packed", "unpacked") for f in forms):
@@ -255,10 +258,13 @@ def compare_rows(args, env, meter, tok, cfg, bw_cfg):
     path = common.write_json("policy_step_packed", dict(args=vars(args), env=env, load=load, results=results,
                                                         table=table), args.out)
     del path  # write_json reports it
-    impl = impls[0]
-    if f"packed/{impl}" in t and f"unpacked/{impl}" in t:
+    # Same attention on both sides; the last line is the last attention of the run (blockwise under
+    # --attention both), the others name theirs.
+    for impl in impls:
         p, u = f"packed/{impl}", f"unpacked/{impl}"
-        print(f"packed vs unpacked update: {t[u] / t[p]:.2f}x wall, {tc[u] / tc[p]:.2f}x cpu")
+        if p in t and u in t:
+            label = "" if impl == impls[-1] else f" ({impl} attention)"
+            print(f"packed vs unpacked update{label}: {t[u] / t[p]:.2f}x wall, {tc[u] / tc[p]:.2f}x cpu")
 
 
 def make_plain_step(graphdef, optimizer, mask_kind: str):
