@@ -50,9 +50,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import LoadMeter, environment, load_note, median, print_table, timed, write_json  # noqa: E402
 
 from tracerl_jax import evaluation, rl  # noqa: E402
 from tracerl_jax.rl import pipeline  # noqa: E402
@@ -61,9 +63,11 @@ from tracerl_jax.baselines import semi_ar_sft_rows  # noqa: E402
 from tracerl_jax.families import RowSettings, get_family  # noqa: E402
 from tracerl_jax.rows import SequenceLayout  # noqa: E402
 from tracerl_jax.data import encode_sft_pairs  # noqa: E402
-from tracerl_jax.models import (cache_init_fn, full_sampler_forward_fn, load_hf_checkpoint, save_hf_checkpoint,  # noqa: E402
-                                split_model)
+from tracerl_jax.models import (cache_init_fn, full_sampler_forward_fn, get_preset, init_model,  # noqa: E402
+                                load_hf_checkpoint, save_hf_checkpoint, split_model)
 from tracerl_jax.sampling import FullSamplerConfig, make_full_sampler  # noqa: E402
+from tracerl_jax.sampling.full_sampler import WINDOW_SHAPES  # noqa: E402
+from tracerl_jax.sampling.full_schedule import block_steps  # noqa: E402
 from tracerl_jax.tasks import get_task  # noqa: E402
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
@@ -158,6 +162,74 @@ def stage_cache(args, tok, task, out):
     return {"batch": int(prompts.shape[0]), "gen_length": GEN, "block": BLOCK, "steps": GEN, "variants": res}
 
 
+def _query_slots(cfg: FullSamplerConfig, prompt_len: int, num_steps: int) -> int:
+    """Query slots the model runs for one row, static schedule (every block uses all its steps)."""
+    T = prompt_len + cfg.gen_length
+    S = block_steps(cfg.total_steps, cfg.num_blocks)
+    if not cfg.use_cache:
+        return T * num_steps
+    plan = cfg.window_plan()
+    return sum(T + (int(S[j]) - 1) * plan.lengths[plan.bucket[j]] for j in range(cfg.num_blocks))
+
+
+def stage_speed(args, tok, task, out):
+    """No cache vs the §2.2 prefix cache, random-weight ``small`` models in both layouts (no training needed)."""
+    env, meter = environment(), LoadMeter()
+    variants = {"no cache": dict()}
+    for h in args.speed_horizons:
+        variants[f"cache h={h}"] = dict(use_cache=True, further_horizon=None if h == "None" else int(h))
+    rows, rng = [], np.random.default_rng(0)
+    for family in args.speed_families:
+        mcfg = get_preset(f"small-{family}")
+        graphdef, params = split_model(init_model(mcfg, seed=0))
+        for G in args.gens:
+            prompts = rng.integers(5, mcfg.vocab_size, (args.speed_batch, args.speed_prompt)).astype(np.int32)
+            valid = np.ones_like(prompts, bool)
+            cfgs = {name: FullSamplerConfig(gen_length=G, mask_id=mcfg.mask_token_id, pad_id=mcfg.pad_token_id,
+                                            family=family, block_size=args.speed_block, steps=G, temperature=0.0,
+                                            early_stop=False, **kw) for name, kw in variants.items()}
+            fns = {name: make_full_sampler(full_sampler_forward_fn(graphdef), cache_init_fn(mcfg), c)
+                   for name, c in cfgs.items()}
+            first, outs, wall, cpu = {}, {}, {n: [] for n in fns}, {n: [] for n in fns}
+            for name, fn in fns.items():  # trace + compile + one run
+                outs[name], first[name], _ = timed(fn, params, prompts, valid)
+            for _ in range(args.speed_repeats):  # interleaved, so a load change hits every variant alike
+                for name, fn in fns.items():
+                    outs[name], w, c = timed(fn, params, prompts, valid)
+                    wall[name].append(w)
+                    cpu[name].append(c)
+            base = outs["no cache"]
+            for name, ro in outs.items():
+                n_tok = prompts.shape[0] * G
+                steps = int(np.max(np.asarray(ro.num_steps)))
+                sec = median(wall[name]) if wall[name] else first[name]
+                rows.append({
+                    "family": family, "gen": G, "variant": name, "first_s": first[name], "seconds": sec,
+                    "tok_s": n_tok / sec,
+                    "tok_cpu_s": n_tok / median(cpu[name]) if cpu[name] else None,
+                    "fwd_per_tok": steps / G,
+                    "slots_per_tok": _query_slots(cfgs[name], prompts.shape[1], steps) / G,
+                    "speedup": (median(wall["no cache"]) if wall["no cache"] else first["no cache"]) / sec,
+                    "agree": float(np.mean(np.asarray(ro.tokens) == np.asarray(base.tokens)))})
+                print(f"[speed] {rows[-1]}", flush=True)
+    load = meter.summary()
+    table = print_table(rows, [("family", "model", "{}"), ("gen", "gen", "{}"), ("variant", "variant", "{}"),
+                               ("first_s", "first s", "{:.1f}"), ("seconds", "s", "{:.2f}"),
+                               ("tok_s", "tok/s", "{:.1f}"), ("tok_cpu_s", "tok/cpu-s", "{:.1f}"),
+                               ("fwd_per_tok", "fwd/tok", "{:.2f}"), ("slots_per_tok", "query slots/tok", "{:.0f}"),
+                               ("speedup", "vs no cache", "{:.2f}x"), ("agree", "token agree", "{:.3f}")])
+    note = load_note(env, load)
+    print(note, flush=True)
+    payload = {"env": env, "load": load, "note": note, "table": table, "rows": rows,
+               "settings": {"batch": args.speed_batch, "prompt": args.speed_prompt, "block": args.speed_block,
+                            "gens": args.gens, "steps": "= gen (one token per step)", "greedy": True,
+                            "weights": "random init (small-llada / small-dream presets)",
+                            "repeats": args.speed_repeats, "window_shapes": WINDOW_SHAPES}}
+    write_json("full_attention_cache", payload, args.speed_out)
+    return payload
+
+
+
 def stage_rl(args, tok, task, out):
     mcfg, model = load_hf_checkpoint(out / "full_sft")
     graphdef, params = split_model(model)
@@ -221,13 +293,21 @@ def main():
     p.add_argument("--batch_rows", type=int, default=64)
     p.add_argument("--rl_lr", type=float, default=1e-5)
     p.add_argument("--eval_every", type=int, default=10)
+    p.add_argument("--speed_families", nargs="*", default=["llada", "dream"])
+    p.add_argument("--gens", type=int, nargs="*", default=[256], help="speed: generation lengths (512 too: slow)")
+    p.add_argument("--speed_horizons", nargs="*", default=["None", "32", "128"])
+    p.add_argument("--speed_block", type=int, default=32)
+    p.add_argument("--speed_batch", type=int, default=2, help="speed: rows per call (the reference's batch_size)")
+    p.add_argument("--speed_prompt", type=int, default=64)
+    p.add_argument("--speed_repeats", type=int, default=1, help="speed: timed calls after the first (0: first only)")
+    p.add_argument("--speed_out", default=None, help="speed: JSON path (default benchmarks/results/...)")
     args = p.parse_args()
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer("tasks")
     task = get_task("arithmetic", **KNOBS)
     for stage in args.stages.split(","):
-        res = {"sft": stage_sft, "cache": stage_cache, "rl": stage_rl}[stage](args, tok, task, out)
+        res = {"sft": stage_sft, "cache": stage_cache, "speed": stage_speed, "rl": stage_rl}[stage](args, tok, task, out)
         (out / f"{stage}.json").write_text(json.dumps(res, indent=2))
 
 

@@ -230,6 +230,27 @@ def test_config_and_prompt_validation():
                                                                    block_size=4), vocab_size=V)(1.0, PROMPTS, VALID)
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("further_horizon", -1, "further_horizon"), ("further_horizon", 1.5, "further_horizon"),
+    ("further_horizon", True, "further_horizon"), ("further_horizon", "32", "further_horizon"),
+    ("compat", "ref", "compat"), ("compat", None, "compat"), ("use_cache", "yes", "use_cache"),
+])
+def test_bad_cache_and_compat_settings_name_the_field(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        FullSamplerConfig(**{**dict(gen_length=16, mask_id=1, pad_id=0, block_size=4, use_cache=True), field: value})
+
+
+def test_cache_options_are_refused_for_block_models_and_checked_for_full_attention():
+    from tracerl_jax.families import get_family
+    for field, value in (("use_cache", True), ("further_horizon", 32)):
+        with pytest.raises(ValueError, match=rf"rollout\.{field}={value}.*full-attention"):
+            get_family("sdar").check_sampler_section({field: value}, "rollout")
+    tok = type("Tok", (), dict(mask_id=MASK, pad_id=PAD, eos_id=EOS))()
+    with pytest.raises(ValueError, match=r"rollout: further_horizon must be None or an integer >= 0, got -4"):
+        get_family("llada").sampler_config(dict(use_cache=True, further_horizon=-4), tok, block_size=4,
+                                           gen_length=16, name="rollout")
+
+
 # ----------------------------------------------------------------- tiny real model
 
 CFG = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
