@@ -199,6 +199,50 @@ def test_dream_early_stop_per_row():
     assert np.all(sm[:2] > 0) and np.all(np.asarray(ro.num_steps)[:2] == 8)  # the other rows are unaffected
 
 
+def _confident_rows(rows, **kw):
+    """A toy rollout where ``rows`` are certain (token 5 everywhere): their blocks fill at the first step."""
+    base = toy_forward([])
+
+    def fwd(params, tokens, positions, info, cache, write, start, length):
+        logits, cache = base(params, tokens, positions, info, cache, write, start, length)
+        return logits.at[jnp.asarray(rows), :, 5].add(100.0), cache
+
+    cfg = FullSamplerConfig(**{**dict(gen_length=G, mask_id=MASK, pad_id=PAD, block_size=BL, temperature=0.0,
+                                      family="llada", remasking="threshold", threshold=0.9), **kw})
+    ro = make_full_sampler(fwd, None, cfg, vocab_size=V)(jnp.float32(1.0), PROMPTS, VALID)
+    return np.asarray(ro.step_map).reshape(3, -1, BL), np.asarray(ro.num_steps)
+
+
+def test_reference_step_counter_is_shared_by_the_batch():
+    nb = G // BL
+    sm, n = _confident_rows([2])
+    np.testing.assert_array_equal(sm[2], np.arange(1, nb + 1)[:, None] * np.ones(BL, int))  # per row: no gaps
+    assert n[2] == nb and np.all(n[:2] > nb)
+    sm, n = _confident_rows([2], compat="reference")
+    assert np.all(n == n[0])  # every row consumed an id at every step of the batch
+    for j in range(nb):
+        # Row 2 commits its block at the block's first step, whose id the other rows share ...
+        assert np.all(sm[2, j] == sm[:2, j].min())
+        if j:  # ... and the block starts one id after the batch's last step of the block before
+            assert sm[2, j, 0] == sm[:, j - 1].max() + 1
+    assert sm[2, -1, 0] < n[2] and sm[:2].max() == n[0]
+
+
+def test_reference_llada_makes_a_second_call_when_the_first_fills_the_block():
+    nb = G // BL
+    sm, n = _confident_rows([0, 1, 2])
+    np.testing.assert_array_equal(sm[:, :, 0], np.broadcast_to(np.arange(1, nb + 1), (3, nb)))
+    sm, n = _confident_rows([0, 1, 2], compat="reference")
+    # The second, empty call of each block consumes an id: blocks get ids 1, 3, 5, ...
+    np.testing.assert_array_equal(sm, np.broadcast_to((2 * np.arange(nb) + 1)[None, :, None], sm.shape))
+    np.testing.assert_array_equal(n, 2 * nb)
+    sm, n = _confident_rows([0, 1, 2], family="dream", compat="reference", early_stop=False)
+    # Dream's loop tests for masks before it records a step: no skipped id (forced first token, then the rest).
+    np.testing.assert_array_equal(sm[:, :, 0], np.broadcast_to(2 * np.arange(nb) + 1, (3, nb)))
+    np.testing.assert_array_equal(sm[:, :, 1:], np.broadcast_to((2 * np.arange(nb) + 2)[None, :, None], (3, nb, BL - 1)))
+    np.testing.assert_array_equal(n, 2 * nb)
+
+
 def test_completion_length_is_first_eos():
     capture = []
     base = toy_forward(capture)

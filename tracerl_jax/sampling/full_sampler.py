@@ -24,10 +24,15 @@ positions are committed:
   ``softmax(conf/alg_temp)``, via Gumbel top-k) and the early stop after a
   block of only ``PAD``.
 
-Trajectory (§2.5). ``step_map`` holds, per response position, the 1-based,
-per-row index of the denoising forward pass that committed it (the
-reference's snapshot index + 1; ids are global, grow across blocks, have no
-gaps). A row whose just-finished block is all ``PAD`` stops (Dream): its later
+Trajectory (§2.5). ``step_map`` holds, per response position, the 1-based
+index of the denoising forward pass that committed it (the reference's
+snapshot index + 1; ids are global and grow across blocks). By default the
+counter is per row and has no gaps: a row whose block is done while other
+rows still decode it consumes no ids. Under ``compat="reference"`` the
+counter is shared by the batch, as the reference's history snapshots are:
+every row consumes an id at every step, and LLaDA makes a second model call
+in a block even when its first call filled it (the reference's loop tests
+for masks after the call), which consumes an id and commits nothing. A row whose just-finished block is all ``PAD`` stops (Dream): its later
 positions become ``PAD`` with one extra step id, like the reference's extra
 snapshot. Every response position therefore has exactly one step id.
 
@@ -413,6 +418,11 @@ def _generate(forward_fn: FullForwardFn, init_cache: Optional[Callable], cfg: Fu
     S_tab = jnp.asarray(S_np)
     frac_tab = jnp.asarray(dream_fraction_table(S_np))
     max_iters = int(S_np.max()) if cfg.remasking != "threshold" else b + 1
+    reference = cfg.compat == "reference"
+    # LLaDA's reference always makes a second call in a block (its loop tests for masks after the call).
+    forced_second = reference and cfg.family == "llada"
+    if forced_second:
+        max_iters = max(max_iters, 2)
     canvas, positions, valid = _canvas_layout(cfg, prompts, prompt_valid)
     info = full_info(valid)
     plan = window_plan(cfg) if cfg.use_cache else None
@@ -443,7 +453,8 @@ def _generate(forward_fn: FullForwardFn, init_cache: Optional[Callable], cfg: Fu
 
         def step_cond(ss):
             active = ~st["stopped"] & jnp.any(blk_of(ss["canvas"]) == cfg.mask_id, axis=-1)
-            return jnp.any(active) & (ss["i"] < max_iters)
+            go = (jnp.any(active) | (ss["i"] == 1)) if forced_second else jnp.any(active)
+            return go & (ss["i"] < max_iters)
 
         def step_body(ss):
             i = ss["i"]
@@ -466,7 +477,8 @@ def _generate(forward_fn: FullForwardFn, init_cache: Optional[Callable], cfg: Fu
                 step=put(ss["step"], jnp.where(commit, (ss["g"] + 1)[:, None], take(ss["step"]))),
                 logp=put(ss["logp"], jnp.where(commit, logp, take(ss["logp"]))),
                 conf=put(ss["conf"], jnp.where(commit, conf, take(ss["conf"]))),
-                g=ss["g"] + active.astype(jnp.int32),
+                # The reference snapshots the whole batch at every step: a shared counter.
+                g=ss["g"] + (~st["stopped"] if reference else active).astype(jnp.int32),
                 cache=cache)
 
         ss = lax.while_loop(step_cond, step_body, dict(
