@@ -168,7 +168,7 @@ def _query_slots(cfg: FullSamplerConfig, prompt_len: int, num_steps: int) -> int
     S = block_steps(cfg.total_steps, cfg.num_blocks)
     if not cfg.use_cache:
         return T * num_steps
-    plan = cfg.window_plan()
+    plan = cfg.window_plan(prompt_len)
     return sum(T + (int(S[j]) - 1) * plan.lengths[plan.bucket[j]] for j in range(cfg.num_blocks))
 
 

@@ -382,15 +382,20 @@ def test_prefix_cache_window_matches_full_pass_on_the_same_canvas():
 
 def test_window_plan_shapes():
     cfg = lambda **kw: FullSamplerConfig(gen_length=512, mask_id=1, pad_id=0, block_size=32, use_cache=True, **kw)
-    plan = cfg().window_plan()  # the window shrinks from 512 to 32 slots over 16 blocks: four shapes
-    assert plan.lengths == (128, 256, 384, 512)
-    need = [512 - 32 * j for j in range(16)]
-    assert all(plan.lengths[k] >= n for k, n in zip(plan.bucket, need))
-    assert all(k == 0 or plan.lengths[k - 1] < n for k, n in zip(plan.bucket, need))  # the smallest that fits
-    assert plan.pad == 96  # the last block's window: 32 slots of canvas, 96 invisible
-    assert cfg(further_horizon=128).window_plan() == ((160,), (0,) * 16, 128)
-    assert cfg(further_horizon=0).window_plan() == ((32,), (0,) * 16, 0)
-    assert cfg(further_horizon=10_000).window_plan().lengths == (512,)
+    plan = cfg().window_plan(64)  # 16 blocks in four runs of four; the window shrinks from 512 to 32 slots
+    assert plan.lengths == (512, 384, 256, 128) and plan.bucket == tuple(j // 4 for j in range(16))
+    assert plan.prefixes == (64 + 96, 64 + 224, 64 + 352, 64 + 480)  # each run's last block start
+    for j in range(16):
+        k = plan.bucket[j]
+        assert plan.lengths[k] >= 512 - 32 * j and plan.prefixes[k] >= 64 + 32 * j
+        assert 64 + 32 * j + plan.lengths[k] <= 64 + 512 + plan.pad
+    assert plan.pad == 96  # the last block: 32 slots of canvas, 96 invisible
+    plan = cfg(further_horizon=128).window_plan(64)
+    assert plan.lengths == (160, 160, 160, 128) and plan.pad == 96 and plan.prefixes[-1] == 64 + 480
+    assert cfg(further_horizon=0).window_plan(8).lengths == (32,) * 4 and cfg(further_horizon=0).window_plan(8).pad == 0
+    assert cfg(further_horizon=10_000).window_plan(8).lengths == (512, 384, 256, 128)
+    small = FullSamplerConfig(gen_length=8, mask_id=1, pad_id=0, block_size=4, use_cache=True).window_plan(3)
+    assert small == ((8, 4), (3, 7), (0, 1), 0)  # no more blocks than shapes: every window exact
 
 
 # ------------------------------------------------ the §2.2 rule, emulated without a cache
@@ -401,7 +406,8 @@ EMU_G, EMU_BL = 24, 4
 def emulated_prefix_cache(graphdef, further_horizon):
     """A cache-free statement of §2.2 for the sampler's ``forward_fn`` protocol.
 
-    The "cache" only remembers the canvas of the block's first (full) pass and the block start ``s``.
+    The "cache" only remembers the canvas of the block's first (full) pass and the block start ``s``
+    (in its cursor field, which the sampler never reads; its K/V buffers are dummies).
     A later step runs one forward over ``[first-pass canvas | current canvas]`` (2T slots) under a
     dense mask: the first copy attends to itself exactly as the first pass did, so its K/V at every
     layer are the first pass's; the second copy attends to the first copy's ``[0, s)`` (the stale
@@ -411,18 +417,22 @@ def emulated_prefix_cache(graphdef, further_horizon):
     base = full_sampler_forward_fn(graphdef)
     shift = int(base.model_config.logits_shift)
 
+    def snapshot(B, T, s, tokens, positions, valid):
+        dummy_k, dummy_v = jnp.zeros((B, 1, 1, T)), jnp.zeros((B, 1, T, 1))
+        return KVCache((dummy_k,), (dummy_v,), full_info(valid), (jnp.asarray(s, jnp.int32), tokens, positions, valid))
+
     def init_cache(B, T):
         z = jnp.zeros((B, T), jnp.int32)
-        return KVCache((z,), (z, jnp.zeros((B, T), bool)), full_info(jnp.zeros((B, T), bool)), jnp.zeros((), jnp.int32))
+        return snapshot(B, T, 0, z, z, jnp.zeros((B, T), bool))
 
     def fwd(params, tokens, positions, info, cache, write, start, length):
         if cache is None:
             return base(params, tokens, positions, info, None, False, start, length)
         if write:  # the block's first step
             logits, _ = base(params, tokens, positions, info, None, False, start, length)
-            return logits, KVCache((tokens,), (positions, info.valid), info, jnp.asarray(start, jnp.int32))
-        (first,), (pos, valid) = cache.k, cache.v
-        s, (B, T) = cache.length, first.shape
+            return logits, snapshot(*tokens.shape, start, tokens, positions, info.valid)
+        s, first, pos, valid = cache.length
+        B, T = first.shape
         # Only the block changes between a block's steps: the current canvas is the first one with it.
         cur = lax.dynamic_update_slice_in_dim(first, lax.dynamic_slice_in_dim(tokens, start, length, 1), s, 1)
         slot = jnp.arange(T)

@@ -55,10 +55,11 @@ window ``x[s : w_end]`` against that stale prefix, ``w_end = min(e +
 further_horizon, T)`` (``e`` = block end; ``further_horizon=None``: ``T``);
 canvas slots at or past ``w_end`` are invisible. The prefix therefore grows
 block by block and the window shrinks towards the end of the canvas. Shapes
-stay static with a few compiled window lengths (:func:`window_plan`): a
-block's window is the smallest of them that covers ``w_end - s``, and its
-slots past ``w_end`` (past ``T`` near the end, where the canvas is padded)
-are invisible keys whose outputs are never read. A shifted (Dream) model
+stay static with a few compiled shapes (:func:`window_plan`), one per run
+of consecutive blocks: the run's largest window and largest prefix. A
+window's slots past ``w_end`` (past ``T`` near the end, where the canvas is
+padded) are invisible keys whose outputs are never read, and it reads only
+the cache slots up to its run's last block start. A shifted (Dream) model
 reads the window's first slot from its own output, as the reference does;
 that slot is the block's first position, committed at the block's first
 step (§2.4), so its logits are never used. The cache is the same under both
@@ -175,9 +176,9 @@ class FullSamplerConfig:
     def stops_early(self) -> bool:
         return self.family == "dream" if self.early_stop is None else bool(self.early_stop)
 
-    def window_plan(self) -> "WindowPlan":
-        """The static window shapes of the cached steps (:func:`window_plan`)."""
-        return window_plan(self)
+    def window_plan(self, prompt_len: int) -> "WindowPlan":
+        """The static shapes of the cached steps (:func:`window_plan`)."""
+        return window_plan(self, prompt_len)
 
 
 FullForwardFn = Callable[..., tuple]
@@ -291,51 +292,67 @@ def select_commits(cfg: FullSamplerConfig, key: jax.Array, score: jax.Array, mas
 
 
 WINDOW_SHAPES = 4
-"""Most compiled window lengths with ``further_horizon=None`` (benchmarks/README.md,
-"Full-attention prefix cache"): more shapes waste fewer invisible slots but
-compile one more model forward each."""
+"""Most compiled window shapes of the prefix cache: more shapes waste fewer invisible slots but
+compile one more model forward each (benchmarks/README.md, "Full-attention prefix cache")."""
 
 
 class WindowPlan(NamedTuple):
-    """Static window shapes of the cached steps (§2.2).
+    """Static shapes of the cached steps (§2.2).
 
     Attributes:
-      lengths: the compiled window lengths, ascending.
-      bucket: int ``[num_blocks]``, index into ``lengths`` of each block's window.
+      lengths: per shape, the window's query length.
+      prefixes: per shape, the cache slots ``[0, C)`` the window attends to
+        (the largest block start ``s`` of its blocks: the prefix ``[0, s)``
+        fits, and the stale K/V past it are never read).
+      bucket: per block, the index of its shape.
       pad: invisible slots appended to the canvas so every window fits past ``T``.
     """
 
     lengths: tuple
+    prefixes: tuple
     bucket: tuple
     pad: int
 
 
-def window_plan(cfg: "FullSamplerConfig") -> WindowPlan:
-    """Window lengths of the cached steps (§2.2).
+def window_plan(cfg: "FullSamplerConfig", prompt_len: int) -> WindowPlan:
+    """Static shapes of the cached steps (§2.2).
 
-    Block ``j`` needs ``n_j = min(b + further_horizon, G - j*b)`` query slots
-    (``G - j*b`` with ``further_horizon=None``: the rest of the canvas). A
-    horizon gives one length, ``min(b + h, G)``; ``None`` gives at most
-    :data:`WINDOW_SHAPES` lengths, multiples of ``b * ceil(num_blocks /
-    WINDOW_SHAPES)`` (the window shrinks as the prefix grows). Each block uses
-    the smallest length that covers ``n_j``; the extra slots are invisible.
+    Block ``j`` (start ``s_j = Lp + j*b``) needs ``n_j = min(b + h, G - j*b)``
+    query slots (``G - j*b`` with ``further_horizon=None``: the rest of the
+    canvas) and the prefix ``[0, s_j)``. The blocks are cut into at most
+    :data:`WINDOW_SHAPES` runs of consecutive blocks; a run's shape has the
+    largest window (its first block's) and the largest prefix (its last
+    block's), so the cost per query is about ``T + b * blocks per run`` keys
+    instead of ``T + n_j``. Window slots past ``n_j`` are invisible.
 
     Args:
       cfg: sampler settings.
+      prompt_len: ``Lp``.
 
     Returns:
       :class:`WindowPlan`.
     """
     G, b, nb, h = cfg.gen_length, cfg.block_size, cfg.num_blocks, cfg.further_horizon
     need = [G - j * b if h is None else min(b + h, G - j * b) for j in range(nb)]
-    if h is None:
-        q = b * -(-nb // WINDOW_SHAPES)
-        lengths = sorted({min(G, -(-n // q) * q) for n in need})
+    per = -(-nb // WINDOW_SHAPES)
+    runs = [range(k, min(k + per, nb)) for k in range(0, nb, per)]
+    lengths = tuple(max(need[j] for j in r) for r in runs)
+    prefixes = tuple(prompt_len + max(r) * b for r in runs)
+    bucket = tuple(j // per for j in range(nb))
+    pad = max(0, max(lengths[bucket[j]] - (G - j * b) for j in range(nb)))
+    return WindowPlan(lengths, prefixes, bucket, pad)
+
+
+def _cache_prefix(cache, length: int):
+    """The cache's first ``length`` slots (static) for a forward that only reads them.
+
+    The write cursor is left as it is: the window pass never writes.
+    """
+    if cache.stacked:
+        k, v = cache.k[..., :length], cache.v[..., :length, :]
     else:
-        lengths = [min(b + h, G)]
-    bucket = [next(k for k, L in enumerate(lengths) if L >= n) for n in need]
-    pad = max(0, max(lengths[k] - (G - j * b) for j, k in enumerate(bucket)))
-    return WindowPlan(tuple(lengths), tuple(bucket), pad)
+        k, v = tuple(x[..., :length] for x in cache.k), tuple(x[..., :length, :] for x in cache.v)
+    return cache._replace(k=k, v=v, info=type(cache.info)(*(a[:, :length] for a in cache.info)))
 
 
 def prefix_pass(forward_fn: FullForwardFn, init_cache: Callable, params, canvas: jax.Array, positions: jax.Array,
@@ -362,7 +379,8 @@ def prefix_pass(forward_fn: FullForwardFn, init_cache: Callable, params, canvas:
 
 
 def window_pass(forward_fn: FullForwardFn, params, canvas: jax.Array, positions: jax.Array, valid: jax.Array,
-                cache, s, b: int, length: int, pad: int, further_horizon: Optional[int]) -> jax.Array:
+                cache, s, b: int, length: int, pad: int, further_horizon: Optional[int],
+                prefix: Optional[int] = None) -> jax.Array:
     """A later step of a block: the window ``[s, s + length)`` against the cached prefix.
 
     Slots at or past ``w_end = min(s + b + further_horizon, T)`` (``T`` with
@@ -377,6 +395,8 @@ def window_pass(forward_fn: FullForwardFn, params, canvas: jax.Array, positions:
       b: block size; length: window length (``>= b``, static);
       pad: static, ``>= s + length - T`` for every ``s`` this is called with.
       further_horizon: window slots after the block, None = to the end.
+      prefix: static, ``>= s``: only the cache slots ``[0, prefix)`` are read
+        (None: all ``T``).
 
     Returns:
       float32 ``[B, b, V]``, the logits of the block's tokens.
@@ -386,6 +406,8 @@ def window_pass(forward_fn: FullForwardFn, params, canvas: jax.Array, positions:
     padded = lambda a, v: jnp.pad(a, ((0, 0), (0, pad)), constant_values=v) if pad else a
     sl = lambda a: lax.dynamic_slice_in_dim(a, s, length, axis=1)
     w_valid = sl(padded(valid, False)) & ((s + jnp.arange(length))[None] < end)
+    if prefix is not None and prefix < T:
+        cache = _cache_prefix(cache, prefix)
     return forward_fn(params, sl(padded(canvas, 0)), sl(padded(positions, 0)), full_info(w_valid), cache, False,
                       0, b)[0]
 
@@ -425,7 +447,7 @@ def _generate(forward_fn: FullForwardFn, init_cache: Optional[Callable], cfg: Fu
         max_iters = max(max_iters, 2)
     canvas, positions, valid = _canvas_layout(cfg, prompts, prompt_valid)
     info = full_info(valid)
-    plan = window_plan(cfg) if cfg.use_cache else None
+    plan = window_plan(cfg, Lp) if cfg.use_cache else None
     slot = jnp.arange(T, dtype=jnp.int32)
 
     def run_model(ss, s, j, i):
@@ -436,11 +458,11 @@ def _generate(forward_fn: FullForwardFn, init_cache: Optional[Callable], cfg: Fu
         def full(_):
             return prefix_pass(forward_fn, init_cache, params, ss["canvas"], positions, valid, s, b)
 
-        def window(length):
+        def window(length, prefix):
             return lambda cache: (window_pass(forward_fn, params, ss["canvas"], positions, valid, cache, s, b,
-                                              length, plan.pad, cfg.further_horizon), cache)
+                                              length, plan.pad, cfg.further_horizon, prefix), cache)
 
-        windows = [window(L) for L in plan.lengths]
+        windows = [window(L, C) for L, C in zip(plan.lengths, plan.prefixes)]
         later = windows[0] if len(windows) == 1 else (
             lambda cache: lax.switch(jnp.asarray(plan.bucket, jnp.int32)[j], windows, cache))
         return lax.cond(i == 0, full, later, ss["cache"])
