@@ -490,3 +490,22 @@ def test_prefix_cache_equals_cache_free_emulation(kw):
                               dataclasses.replace(cfg, use_cache=False, further_horizon=None),
                               vocab_size=32)(params, P2, P2 != 0, row_keys=keys)
     assert np.abs(np.asarray(plain.logprobs) - np.asarray(got.logprobs)).max() > 1e-3
+
+
+def test_prefix_cache_with_scanned_layers_matches_unrolled():
+    """The windows read a prefix of the cache in either layout (stacked buffers with scan_layers)."""
+    from tracerl_jax.models import relayout_layers
+
+    mcfg = CFG.replace(model_type="dream", num_layers=2)
+    unrolled = init_model(mcfg, seed=5)
+    scanned = relayout_layers(unrolled, True)
+    cfg = FullSamplerConfig(gen_length=EMU_G, mask_id=31, pad_id=0, block_size=EMU_BL, steps=12, temperature=0.0,
+                            family="dream", early_stop=False, use_cache=True)
+    outs = []
+    for m in (unrolled, scanned):
+        graphdef, params = split_model(m)
+        outs.append(make_full_sampler(full_sampler_forward_fn(graphdef), cache_init_fn(m.config), cfg,
+                                      vocab_size=32)(params, P2, P2 != 0))
+    np.testing.assert_array_equal(np.asarray(outs[0].tokens), np.asarray(outs[1].tokens))
+    np.testing.assert_array_equal(np.asarray(outs[0].step_map), np.asarray(outs[1].step_map))
+    np.testing.assert_allclose(np.asarray(outs[0].logprobs), np.asarray(outs[1].logprobs), atol=1e-5)
