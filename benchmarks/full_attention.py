@@ -13,11 +13,20 @@ Stages (each writes ``<workdir>/<stage>.json``; later stages reuse earlier outpu
    agreement rate and the accuracy of each.
 3. ``rl``: TraceRL (§5, shrink ``--shrink``) for ``--rl_steps`` steps with the
    uncached sampler; held-out greedy accuracy before and after.
+4. ``speed`` (not in the default stages; needs no other stage): no cache vs the
+   §2.2 prefix cache at horizons None / 32 / 128, random-weight ``small-llada``
+   and ``small-dream`` models, block 32, one token per step (the reference's
+   configs, scaled), greedy: compile time, wall and CPU time of one rollout,
+   forwards and query slots per token, token agreement with no cache. Writes
+   ``benchmarks/results/full_attention_cache.json``; table and numbers in
+   benchmarks/README.md ("Full-attention prefix cache").
 
 Usage::
 
-    python benchmarks/full_attention.py --workdir=runs/full_attention            # all stages
+    python benchmarks/full_attention.py --workdir=runs/full_attention            # sft, cache, rl
     python benchmarks/full_attention.py --workdir=runs/full_attention --stages=cache
+    python benchmarks/full_attention.py --stages=speed                    # generation 256, ~10 min here
+    python benchmarks/full_attention.py --stages=speed --gens 512         # ~40 min here
 
 Measured on a shared, heavily loaded 2-core CPU (default arguments, ``--rl_lr=3e-5``;
 128 held-out problems, greedy, LLaDA static, 1 token per step, gen 32, block 4):
@@ -36,7 +45,10 @@ Measured on a shared, heavily loaded 2-core CPU (default arguments, ``--rl_lr=3e
   horizon None  14.8     1.03x           0.994         0.988                  0.375
   ============  =======  ==============  ============  =====================  ========
 
-  (horizon None caches only the prompt: the static window spans the response.)
+  (Measured with the earlier cache, before issue 14: a window ``[s-1, s-1+W)``
+  and, with horizon None, a prefix of the prompt only. The cache now follows
+  §2.2 -- the prefix holds the finished blocks too -- so these rows are
+  history; the ``speed`` stage measures the current one.)
 * rl: TraceRL, shrink 4, 8 prompts x 8 responses per step: held-out accuracy
   0.398 -> 0.547 (10 steps) -> 0.625 (20 steps), 350 s for the 20 steps.
 """
@@ -308,7 +320,7 @@ def main():
     p.add_argument("--gens", type=int, nargs="*", default=[256], help="speed: generation lengths (512 too: slow)")
     p.add_argument("--speed_horizons", nargs="*", default=["None", "32", "128"])
     p.add_argument("--speed_block", type=int, default=32)
-    p.add_argument("--speed_batch", type=int, default=2, help="speed: rows per call (the reference's batch_size)")
+    p.add_argument("--speed_batch", type=int, default=1, help="speed: rows per call (the reference uses 2)")
     p.add_argument("--speed_prompt", type=int, default=64)
     p.add_argument("--speed_repeats", type=int, default=1, help="speed: timed runs per variant (after compiling)")
     p.add_argument("--speed_out", default=None, help="speed: JSON path (default benchmarks/results/...)")
