@@ -330,7 +330,8 @@ def main():
     tok = load_tokenizer("tasks")
     task = get_task("arithmetic", **KNOBS)
     for stage in args.stages.split(","):
-        res = {"sft": stage_sft, "cache": stage_cache, "speed": stage_speed, "rl": stage_rl}[stage](args, tok, task, out)
+        stages = {"sft": stage_sft, "cache": stage_cache, "speed": stage_speed, "rl": stage_rl}
+        res = stages[stage](args, tok, task, out)
         (out / f"{stage}.json").write_text(json.dumps(res, indent=2))
 
 

@@ -239,7 +239,8 @@ def test_reference_llada_makes_a_second_call_when_the_first_fills_the_block():
     sm, n = _confident_rows([0, 1, 2], family="dream", compat="reference", early_stop=False)
     # Dream's loop tests for masks before it records a step: no skipped id (forced first token, then the rest).
     np.testing.assert_array_equal(sm[:, :, 0], np.broadcast_to(2 * np.arange(nb) + 1, (3, nb)))
-    np.testing.assert_array_equal(sm[:, :, 1:], np.broadcast_to((2 * np.arange(nb) + 2)[None, :, None], (3, nb, BL - 1)))
+    rest = np.broadcast_to((2 * np.arange(nb) + 2)[None, :, None], (3, nb, BL - 1))
+    np.testing.assert_array_equal(sm[:, :, 1:], rest)
     np.testing.assert_array_equal(n, 2 * nb)
 
 

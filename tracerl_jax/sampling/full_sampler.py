@@ -32,9 +32,10 @@ rows still decode it consumes no ids. Under ``compat="reference"`` the
 counter is shared by the batch, as the reference's history snapshots are:
 every row consumes an id at every step, and LLaDA makes a second model call
 in a block even when its first call filled it (the reference's loop tests
-for masks after the call), which consumes an id and commits nothing. A row whose just-finished block is all ``PAD`` stops (Dream): its later
-positions become ``PAD`` with one extra step id, like the reference's extra
-snapshot. Every response position therefore has exactly one step id.
+for masks after the call), which consumes an id and commits nothing. A row
+whose just-finished block is all ``PAD`` stops (Dream): its later positions
+become ``PAD`` with one extra step id, like the reference's extra snapshot.
+Every response position therefore has exactly one step id.
 
 Padding (``compat``):
 
