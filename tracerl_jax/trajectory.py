@@ -462,8 +462,6 @@ def rows_from_rollout(prompts: jax.Array, prompt_valid: jax.Array, rollout, *, l
     if layout.round_span and L1 % layout.round_span:
         raise ValueError(f"response_len {L1} must be a multiple of block_size {layout.round_span}")
     tokens, steps = rollout.tokens, rollout.step_map
-    if max_rounds is None:
-        max_rounds = -(-(layout.round_span or L1 + 1) // shrink)
     if L1 < G and layout.round_span is None and compat == "reference":
         # §5 (train/rl_llada.py, rl_dream.py): the whole response's step map is collapsed first and the
         # sequence cut to max_gen_length after, so a group may straddle the cut; the collapsed ids then
@@ -471,7 +469,9 @@ def rows_from_rollout(prompts: jax.Array, prompt_valid: jax.Array, rollout, *, l
         full_decoded = jnp.sum(steps > 0, axis=1).astype(jnp.int32)
         aligned, _ = align_step_map(jnp.asarray(steps), full_decoded)
         steps = jnp.where(steps > 0, shrink_step_map(aligned, G, shrink), 0)
-        max_rounds, shrink = max(max_rounds, -(-(G + 1) // shrink)), 1
+        if max_rounds is None:
+            max_rounds = -(-(G + 1) // shrink)  # every group of the whole response may reach into the cut
+        shrink = 1
     if L1 < G:
         tokens, steps = tokens[:, :L1], steps[:, :L1]
     elif L1 > G:
@@ -479,6 +479,8 @@ def rows_from_rollout(prompts: jax.Array, prompt_valid: jax.Array, rollout, *, l
         steps = jnp.pad(steps, ((0, 0), (0, L1 - G)))
     decoded = jnp.sum(steps > 0, axis=1).astype(jnp.int32)
     completion = jnp.arange(L1)[None] < jnp.minimum(rollout.lengths, L1)[:, None]
+    if max_rounds is None:
+        max_rounds = -(-(layout.round_span or L1 + 1) // shrink)
     rows = build_rows(prompts, prompt_valid, tokens, steps, decoded, layout=layout, mask_id=mask_id,
                       pad_id=pad_id, shrink=shrink, post_num=post_num, compat=compat,
                       scorable=completion if completion_only else None, max_rounds=max_rounds)
