@@ -13,11 +13,20 @@ Stages (each writes ``<workdir>/<stage>.json``; later stages reuse earlier outpu
    agreement rate and the accuracy of each.
 3. ``rl``: TraceRL (§5, shrink ``--shrink``) for ``--rl_steps`` steps with the
    uncached sampler; held-out greedy accuracy before and after.
+4. ``speed`` (not in the default stages; needs no other stage): no cache vs the
+   §2.2 prefix cache at horizons None / 32 / 128, random-weight ``small-llada``
+   and ``small-dream`` models, block 32, one token per step (the reference's
+   configs, scaled), greedy: compile time, wall and CPU time of one rollout,
+   forwards and query slots per token, token agreement with no cache. Writes
+   ``benchmarks/results/full_attention_cache.json``; table and numbers in
+   benchmarks/README.md ("Full-attention prefix cache").
 
 Usage::
 
-    python benchmarks/full_attention.py --workdir=runs/full_attention            # all stages
+    python benchmarks/full_attention.py --workdir=runs/full_attention            # sft, cache, rl
     python benchmarks/full_attention.py --workdir=runs/full_attention --stages=cache
+    python benchmarks/full_attention.py --stages=speed                    # generation 256, ~10 min here
+    python benchmarks/full_attention.py --stages=speed --gens 512         # ~40 min here
 
 Measured on a shared, heavily loaded 2-core CPU (default arguments, ``--rl_lr=3e-5``;
 128 held-out problems, greedy, LLaDA static, 1 token per step, gen 32, block 4):
@@ -36,7 +45,10 @@ Measured on a shared, heavily loaded 2-core CPU (default arguments, ``--rl_lr=3e
   horizon None  14.8     1.03x           0.994         0.988                  0.375
   ============  =======  ==============  ============  =====================  ========
 
-  (horizon None caches only the prompt: the static window spans the response.)
+  (Measured with the earlier cache, before issue 14: a window ``[s-1, s-1+W)``
+  and, with horizon None, a prefix of the prompt only. The cache now follows
+  §2.2 -- the prefix holds the finished blocks too -- so these rows are
+  history; the ``speed`` stage measures the current one.)
 * rl: TraceRL, shrink 4, 8 prompts x 8 responses per step: held-out accuracy
   0.398 -> 0.547 (10 steps) -> 0.625 (20 steps), 350 s for the 20 steps.
 """
@@ -50,9 +62,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import LoadMeter, environment, load_note, median, print_table, timed, write_json  # noqa: E402
 
 from tracerl_jax import evaluation, rl  # noqa: E402
 from tracerl_jax.rl import pipeline  # noqa: E402
@@ -61,9 +75,11 @@ from tracerl_jax.baselines import semi_ar_sft_rows  # noqa: E402
 from tracerl_jax.families import RowSettings, get_family  # noqa: E402
 from tracerl_jax.rows import SequenceLayout  # noqa: E402
 from tracerl_jax.data import encode_sft_pairs  # noqa: E402
-from tracerl_jax.models import (cache_init_fn, full_sampler_forward_fn, load_hf_checkpoint, save_hf_checkpoint,  # noqa: E402
-                                split_model)
+from tracerl_jax.models import (cache_init_fn, full_sampler_forward_fn, get_preset, init_model,  # noqa: E402
+                                load_hf_checkpoint, save_hf_checkpoint, split_model)
 from tracerl_jax.sampling import FullSamplerConfig, make_full_sampler  # noqa: E402
+from tracerl_jax.sampling.full_sampler import WINDOW_SHAPES  # noqa: E402
+from tracerl_jax.sampling.full_schedule import block_steps  # noqa: E402
 from tracerl_jax.tasks import get_task  # noqa: E402
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
 from tracerl_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
@@ -158,6 +174,85 @@ def stage_cache(args, tok, task, out):
     return {"batch": int(prompts.shape[0]), "gen_length": GEN, "block": BLOCK, "steps": GEN, "variants": res}
 
 
+def _query_slots(cfg: FullSamplerConfig, prompt_len: int, num_steps: int) -> int:
+    """Query slots the model runs for one row, static schedule (every block uses all its steps)."""
+    T = prompt_len + cfg.gen_length
+    S = block_steps(cfg.total_steps, cfg.num_blocks)
+    if not cfg.use_cache:
+        return T * num_steps
+    plan = cfg.window_plan(prompt_len)
+    return sum(T + (int(S[j]) - 1) * plan.lengths[plan.bucket[j]] for j in range(cfg.num_blocks))
+
+
+def stage_speed(args, tok, task, out):
+    """No cache vs the §2.2 prefix cache, random-weight ``small`` models in both layouts (no training needed)."""
+    env, meter = environment(), LoadMeter()
+    if not jax.config.jax_compilation_cache_dir:  # lets the first call reuse the program compiled apart below
+        jax.config.update("jax_compilation_cache_dir", str(out / "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    variants = {"no cache": dict()}
+    for h in args.speed_horizons:
+        variants[f"cache h={h}"] = dict(use_cache=True, further_horizon=None if h == "None" else int(h))
+    rows, rng = [], np.random.default_rng(0)
+    for family in args.speed_families:
+        mcfg = get_preset(f"small-{family}")
+        graphdef, params = split_model(init_model(mcfg, seed=0))
+        for G in args.gens:
+            prompts = rng.integers(5, mcfg.vocab_size, (args.speed_batch, args.speed_prompt)).astype(np.int32)
+            valid = np.ones_like(prompts, bool)
+            cfgs = {name: FullSamplerConfig(gen_length=G, mask_id=mcfg.mask_token_id, pad_id=mcfg.pad_token_id,
+                                            family=family, block_size=args.speed_block, steps=G, temperature=0.0,
+                                            early_stop=False, **kw) for name, kw in variants.items()}
+            fns = {name: make_full_sampler(full_sampler_forward_fn(graphdef), cache_init_fn(mcfg), c)
+                   for name, c in cfgs.items()}
+            keys = jax.random.split(jax.random.key(0), prompts.shape[0])
+            compile_s, outs, wall, cpu = {}, {}, {n: [] for n in fns}, {n: [] for n in fns}
+            for name, fn in fns.items():
+                # Compile apart (the persistent XLA cache then serves the first call), so every timed
+                # call is a run: a single run per variant is a fair sample on a busy machine.
+                t0 = time.perf_counter()
+                fn.lower_core(params, prompts, valid, keys).compile()
+                compile_s[name] = time.perf_counter() - t0
+            for _ in range(max(1, args.speed_repeats)):  # interleaved, so a load change hits every variant alike
+                for name, fn in fns.items():
+                    outs[name], w, c = timed(fn, params, prompts, valid, row_keys=keys)
+                    wall[name].append(w)
+                    cpu[name].append(c)
+                    print(f"[speed] {family} gen {G} {name}: {w:.1f} s wall, {c:.1f} cpu-s", flush=True)
+            base = outs["no cache"]
+            for name, ro in outs.items():
+                n_tok = prompts.shape[0] * G
+                steps = int(np.max(np.asarray(ro.num_steps)))
+                rows.append({
+                    "family": family, "gen": G, "variant": name, "compile_s": compile_s[name],
+                    "seconds": median(wall[name]), "cpu_s": median(cpu[name]),
+                    "tok_s": n_tok / median(wall[name]), "tok_cpu_s": n_tok / median(cpu[name]),
+                    "fwd_per_tok": steps / G,
+                    "slots_per_tok": _query_slots(cfgs[name], prompts.shape[1], steps) / G,
+                    "speedup": median(wall["no cache"]) / median(wall[name]),
+                    "speedup_cpu": median(cpu["no cache"]) / median(cpu[name]),
+                    "agree": float(np.mean(np.asarray(ro.tokens) == np.asarray(base.tokens)))})
+                print(f"[speed] {rows[-1]}", flush=True)
+    load = meter.summary()
+    table = print_table(rows, [("family", "model", "{}"), ("gen", "gen", "{}"), ("variant", "variant", "{}"),
+                               ("compile_s", "compile s", "{:.1f}"), ("seconds", "s", "{:.1f}"),
+                               ("tok_s", "tok/s", "{:.2f}"), ("tok_cpu_s", "tok/cpu-s", "{:.2f}"),
+                               ("fwd_per_tok", "fwd/tok", "{:.2f}"), ("slots_per_tok", "query slots/tok", "{:.0f}"),
+                               ("speedup", "vs no cache (wall)", "{:.2f}x"),
+                               ("speedup_cpu", "vs no cache (cpu)", "{:.2f}x"), ("agree", "token agree", "{:.3f}")])
+    note = load_note(env, load)
+    print(note, flush=True)
+    payload = {"env": env, "load": load, "note": note, "table": table, "rows": rows,
+               "settings": {"batch": args.speed_batch, "prompt": args.speed_prompt, "block": args.speed_block,
+                            "gens": args.gens, "steps": "= gen (one token per step)", "greedy": True,
+                            "weights": "random init (small-llada / small-dream presets)",
+                            "repeats": args.speed_repeats, "window_shapes": WINDOW_SHAPES}}
+    write_json("full_attention_cache", payload, args.speed_out)
+    return payload
+
+
+
 def stage_rl(args, tok, task, out):
     mcfg, model = load_hf_checkpoint(out / "full_sft")
     graphdef, params = split_model(model)
@@ -221,13 +316,22 @@ def main():
     p.add_argument("--batch_rows", type=int, default=64)
     p.add_argument("--rl_lr", type=float, default=1e-5)
     p.add_argument("--eval_every", type=int, default=10)
+    p.add_argument("--speed_families", nargs="*", default=["llada", "dream"])
+    p.add_argument("--gens", type=int, nargs="*", default=[256], help="speed: generation lengths (512 too: slow)")
+    p.add_argument("--speed_horizons", nargs="*", default=["None", "32", "128"])
+    p.add_argument("--speed_block", type=int, default=32)
+    p.add_argument("--speed_batch", type=int, default=1, help="speed: rows per call (the reference uses 2)")
+    p.add_argument("--speed_prompt", type=int, default=64)
+    p.add_argument("--speed_repeats", type=int, default=1, help="speed: timed runs per variant (after compiling)")
+    p.add_argument("--speed_out", default=None, help="speed: JSON path (default benchmarks/results/...)")
     args = p.parse_args()
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer("tasks")
     task = get_task("arithmetic", **KNOBS)
     for stage in args.stages.split(","):
-        res = {"sft": stage_sft, "cache": stage_cache, "rl": stage_rl}[stage](args, tok, task, out)
+        stages = {"sft": stage_sft, "cache": stage_cache, "speed": stage_speed, "rl": stage_rl}
+        res = stages[stage](args, tok, task, out)
         (out / f"{stage}.json").write_text(json.dumps(res, indent=2))
 
 

@@ -298,3 +298,42 @@ def test_cpu_size_presets_in_full_attention_layouts():
             cfg = get_preset(f"{size}-{family}")
             assert cfg == get_preset(size, model_type=family) and cfg.family == family
             assert cfg.hidden_size == get_preset(size).hidden_size and not cfg.qk_norm
+
+
+def test_dream_padding_idx_row_gets_no_gradient():
+    """Dream's nn.Embedding(padding_idx=pad_token_id): the pad row of the embedding gets no gradient
+    through the lookup; the forward pass and every other row's gradient are unchanged."""
+    import jax
+
+    hf = {"model_type": "Dream", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40, "rms_norm_eps": 1e-6,
+          "rope_theta": 1e6, "max_position_embeddings": 64, "tie_word_embeddings": True,
+          "mask_token_id": 39, "pad_token_id": 3, "eos_token_id": 3}
+    cfg = ModelConfig.from_hf_config(hf)
+    assert cfg.padding_idx == 3 and ModelConfig.from_hf_config(cfg.to_hf_config()) == cfg
+    assert get_preset("dream-7b").padding_idx == 151643 and get_preset("llada-8b").padding_idx is None
+    tokens = jnp.asarray([[5, 3, 3, 7, 9, 3]])
+    pos = jnp.arange(6)[None]
+    info = full_info(jnp.ones((1, 6), bool))
+
+    def grads(c):
+        graphdef, params = split_model(init_model(c, seed=2))
+
+        def loss(p):
+            return jnp.sum(forward(graphdef, p, tokens, pos, info).logits[..., :8] ** 2)
+
+        out = forward(graphdef, params, tokens, pos, info).logits
+        return out, jax.grad(loss)(params)["embed_tokens"]["embedding"][...]
+
+    out_pad, g_pad = grads(cfg)
+    out_off, g_off = grads(cfg.replace(padding_idx=None))
+    np.testing.assert_array_equal(np.asarray(out_pad), np.asarray(out_off))
+    emb_only = grads(cfg.replace(tie_word_embeddings=False))[1]  # untied (Dream): the lookup alone trains the table
+    assert np.all(np.asarray(emb_only)[3] == 0) and np.abs(np.asarray(emb_only)[[5, 7, 9]]).min() > 0
+    assert np.abs(np.asarray(g_off)[3] - np.asarray(g_pad)[3]).max() > 0  # tied: the head still trains row 3
+    rows = np.delete(np.arange(40), 3)
+    np.testing.assert_allclose(np.asarray(g_pad)[rows], np.asarray(g_off)[rows], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="padding_idx"):
+        get_preset("tiny").replace(padding_idx=0).to_hf_config()
+    with pytest.raises(ValueError, match="padding_idx"):
+        cfg.replace(padding_idx=40)

@@ -212,3 +212,34 @@ def test_masked_nll_on_full_rows_is_row_token_mean():
     m = np.asarray(mask)
     want = np.mean([(-np.asarray(logp)[r] * m[r]).sum() / max(m[r].sum(), 1) for r in range(m.shape[0])])
     np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_reference_cuts_max_gen_length_after_shrink(family):
+    """§5: the reference collapses the whole response's step map by ``shrink`` and cuts the sequence to
+    ``max_gen_length`` after; the default cuts first. Ids 1..8 in pairs, cut to 6 positions: position 5
+    (id 6) is its own round under the reference ({5, 6} -> 6), and shares id 8's round when cut first
+    (the kept ids 1,2,3,4,5,8 pair as {5, 8})."""
+    from tracerl_jax.sampling import Rollout
+
+    prompt = np.array([[7, 8, 9]], np.int32)
+    tokens = jnp.asarray([[10, 11, 12, 13, 14, 15, 16, EOS]], jnp.int32)
+    step = jnp.asarray([[1, 2, 8, 3, 4, 5, 6, 7]], jnp.int32)
+    zeros = jnp.zeros((1, 8), jnp.float32)
+    ro = Rollout(tokens, step, zeros, zeros, jnp.asarray([8], jnp.int32), jnp.asarray([8], jnp.int32))
+
+    def rounds(compat):
+        out = rows_from_rollout(prompt, prompt > 0, ro, layout=seq(family, compat), mask_id=MASK, pad_id=PAD,
+                                shrink=2, compat=compat, response_len=6)
+        r = jax.tree.map(np.asarray, out.rows)
+        scored = [tuple(np.flatnonzero(p)) for p, ok in zip(r.p_mask, r.row_valid) if ok]
+        masked = [tuple(np.flatnonzero(t[3:] == MASK)) for t, ok in zip(r.tokens, r.row_valid) if ok]
+        return scored, masked, np.asarray(out.step_ids)[0]
+
+    scored, masked, ids = rounds("reference")
+    assert scored == [(0, 1), (3, 4), (5,), (2,)]
+    assert masked == [(0, 1, 2, 3, 4, 5), (2, 3, 4, 5), (2, 5), (2,)]
+    np.testing.assert_array_equal(np.argsort(ids, kind="stable"), [0, 1, 3, 4, 5, 2])
+    scored, masked, _ = rounds("recommended")
+    assert scored == [(0, 1), (3, 4), (2, 5)]
+    assert masked == [(0, 1, 2, 3, 4, 5), (2, 3, 4, 5), (2, 5)]

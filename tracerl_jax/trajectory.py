@@ -445,7 +445,10 @@ def rows_from_rollout(prompts: jax.Array, prompt_valid: jax.Array, rollout, *, l
       layout, block_size, mask_id, pad_id, shrink, post_num, compat: as in
         :func:`build_rows`.
       completion_only: score only completion tokens.
-      response_len: ``L1`` (default ``G``); longer rollouts are cut, shorter padded.
+      response_len: ``L1`` (default ``G``, the reference's ``max_gen_length``);
+        longer rollouts are cut, shorter padded. A single-sequence layout
+        under ``compat="reference"`` collapses the whole step map by
+        ``shrink`` before the cut (§5); otherwise the cut comes first.
       max_rounds: as in :func:`build_rows`; default: a bound that holds for
         every rollout of this shape (``ceil(b / shrink)`` per block, or
         ``ceil((G + 1) / shrink)`` over a whole response), so the shapes never
@@ -462,6 +465,16 @@ def rows_from_rollout(prompts: jax.Array, prompt_valid: jax.Array, rollout, *, l
     if layout.round_span and L1 % layout.round_span:
         raise ValueError(f"response_len {L1} must be a multiple of block_size {layout.round_span}")
     tokens, steps = rollout.tokens, rollout.step_map
+    if L1 < G and layout.round_span is None and compat == "reference":
+        # §5 (train/rl_llada.py, rl_dream.py): the whole response's step map is collapsed first and the
+        # sequence cut to max_gen_length after, so a group may straddle the cut; the collapsed ids then
+        # make one round each (shrink 1). The default cuts first and groups what is left.
+        full_decoded = jnp.sum(steps > 0, axis=1).astype(jnp.int32)
+        aligned, _ = align_step_map(jnp.asarray(steps), full_decoded)
+        steps = jnp.where(steps > 0, shrink_step_map(aligned, G, shrink), 0)
+        if max_rounds is None:
+            max_rounds = -(-(G + 1) // shrink)  # every group of the whole response may reach into the cut
+        shrink = 1
     if L1 < G:
         tokens, steps = tokens[:, :L1], steps[:, :L1]
     elif L1 > G:

@@ -130,6 +130,11 @@ class ModelConfig:
         unknown; read them from the tokenizer where the checkpoint lacks them).
       model_type: one of ``SUPPORTED_MODEL_TYPES`` (written back to
         ``config.json``; selects the checkpoint key names).
+      padding_idx: an embedding row that gets no gradient through the token
+        lookup (PyTorch's ``nn.Embedding(padding_idx=...)``), or None. Dream's
+        model builds its embedding with ``padding_idx = pad_token_id``, so
+        reading a Dream ``config.json`` sets it (docs/algorithms.md §12.3);
+        the forward pass is unchanged. A tied LM head still trains that row.
     """
 
     vocab_size: int
@@ -158,6 +163,7 @@ class ModelConfig:
     attention_q_tile: int = 64
     attention_k_tile: int = 64
     scan_layers: bool = False
+    padding_idx: Optional[int] = None
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -194,7 +200,7 @@ class ModelConfig:
             if tv == self.vocab_size:
                 # One canonical form, so configs compare equal however they were built.
                 object.__setattr__(self, "tokenizer_vocab_size", None)
-        for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
+        for name in ("mask_token_id", "pad_token_id", "eos_token_id", "padding_idx"):
             v = getattr(self, name)
             if v is None:
                 continue

@@ -78,6 +78,9 @@ def write_config(cfg) -> dict:
     if cfg.tokenizer_vocab_size is not None and family != "llada":
         raise ValueError("to_hf_config: tokenizer_vocab_size is only expressible in a llada/mmada config.json "
                          "(vocab_size < embedding_size)")
+    if cfg.padding_idx is not None and not (family == "dream" and cfg.padding_idx == cfg.pad_token_id):
+        raise ValueError(f"to_hf_config: padding_idx={cfg.padding_idx} is only expressible in a Dream config.json, "
+                         f"as its pad_token_id (got pad_token_id={cfg.pad_token_id})")
     out = {"llada": _write_llada, "sdar": _write_qwen, "dream": _write_qwen}[family](cfg)
     out["architectures"] = [_ARCHITECTURES[cfg.model_type]]
     out["model_type"] = _HF_MODEL_TYPE.get(cfg.model_type, cfg.model_type)
@@ -253,7 +256,10 @@ def _read_dream(hf: Mapping[str, Any], model_type: str) -> dict:
                          f"({derived}), which modeling_dream.py uses")
     # Both DreamConfig and Qwen2Config default to untied, so absence is unambiguous.
     tie = _bool(hf, "tie_word_embeddings", hf.get("tie_word_embeddings", False))
-    return dict(fields, head_dim=head_dim, tie_word_embeddings=tie, **FAMILY_LAYOUT["dream"], **_special_ids(hf))
+    ids = _special_ids(hf)
+    # modeling_dream.py: nn.Embedding(vocab, hidden, padding_idx=config.pad_token_id).
+    return dict(fields, head_dim=head_dim, tie_word_embeddings=tie, **FAMILY_LAYOUT["dream"], **ids,
+                padding_idx=ids["pad_token_id"])
 
 
 # ---------------------------------------------------------------------------

@@ -72,7 +72,8 @@ def _dream(max_position: int, pad: int, model_type: str = "dream") -> ModelConfi
         vocab_size=QWEN2_VOCAB, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
         num_kv_heads=4, head_dim=128, rope_theta=1_000_000.0, max_position_embeddings=max_position,
         rms_norm_eps=1e-6, tie_word_embeddings=False, mask_token_id=DREAM_MASK_ID, pad_token_id=pad,
-        eos_token_id=QWEN_PAD_ID, model_type=model_type)
+        eos_token_id=QWEN_PAD_ID, model_type=model_type,
+        padding_idx=QWEN_PAD_ID)  # modeling_dream.py: nn.Embedding(padding_idx=config.json's pad_token_id)
 
 
 def _presets() -> dict:

@@ -129,7 +129,11 @@ class Transformer(nnx.Module):
         else:
             mask = attn.dense_mask(mask_info, cache.info.concat(mask_info), q_offset=cache.max_len)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        x = constrain_rows(jnp.take(self.embed_tokens.embedding[...], tokens, axis=0).astype(cfg.compute_dtype))
+        x = jnp.take(self.embed_tokens.embedding[...], tokens, axis=0)
+        if cfg.padding_idx is not None:
+            # nn.Embedding(padding_idx) (Dream): the lookup passes no gradient to that row.
+            x = jnp.where((tokens == cfg.padding_idx)[..., None], lax.stop_gradient(x), x)
+        x = constrain_rows(x.astype(cfg.compute_dtype))
         if cfg.scan_layers:
             x, new_k, new_v = self._scan_layers(x, cos, sin, mask, cache, collect_kv=write_cache)
         else:

@@ -24,12 +24,18 @@ positions are committed:
   ``softmax(conf/alg_temp)``, via Gumbel top-k) and the early stop after a
   block of only ``PAD``.
 
-Trajectory (§2.5). ``step_map`` holds, per response position, the 1-based,
-per-row index of the denoising forward pass that committed it (the
-reference's snapshot index + 1; ids are global, grow across blocks, have no
-gaps). A row whose just-finished block is all ``PAD`` stops (Dream): its later
-positions become ``PAD`` with one extra step id, like the reference's extra
-snapshot. Every response position therefore has exactly one step id.
+Trajectory (§2.5). ``step_map`` holds, per response position, the 1-based
+index of the denoising forward pass that committed it (the reference's
+snapshot index + 1; ids are global and grow across blocks). By default the
+counter is per row and has no gaps: a row whose block is done while other
+rows still decode it consumes no ids. Under ``compat="reference"`` the
+counter is shared by the batch, as the reference's history snapshots are:
+every row consumes an id at every step, and LLaDA makes a second model call
+in a block even when its first call filled it (the reference's loop tests
+for masks after the call), which consumes an id and commits nothing. A row
+whose just-finished block is all ``PAD`` stops (Dream): its later positions
+become ``PAD`` with one extra step id, like the reference's extra snapshot.
+Every response position therefore has exactly one step id.
 
 Padding (``compat``):
 
@@ -42,21 +48,29 @@ Padding (``compat``):
   pads, Dream masks them; Dream's count uses the batch mean of the masks left
   and the early stop needs every row; LLaDA's ``neg_entropy`` is ``+entropy``.
 
-Prefix cache (``use_cache``, §2.2, Fast-dLLM style): the first step of each
-block runs on the whole canvas and keeps the K/V of the prefix; later steps
-run only a window ``[s-1, s-1+W)`` (``s`` = block start; ``W`` covers the
-block and ``further_horizon`` positions after it) against the cached prefix,
-and positions beyond the horizon are invisible. It is an approximation: the
-prefix K/V are those of the block's first step. Shapes are static, so with
-``further_horizon=None`` the window spans the whole response and only the
-prompt is cached. The window starts one slot before the block so a shifted
-(Dream) model reads the output that predicts the block's first token.
+Prefix cache (``use_cache``, §2.2, the Fast-dLLM rule of the reference): the
+first step of each block runs on the whole canvas, takes that step's logits
+from it and keeps the K/V of ``[0, s)`` (``s`` = block start): the prompt
+**and every finished block**. Every later step of the block runs only the
+window ``x[s : w_end]`` against that stale prefix, ``w_end = min(e +
+further_horizon, T)`` (``e`` = block end; ``further_horizon=None``: ``T``);
+canvas slots at or past ``w_end`` are invisible. The prefix therefore grows
+block by block and the window shrinks towards the end of the canvas. Shapes
+stay static with a few compiled shapes (:func:`window_plan`), one per run
+of consecutive blocks: the run's largest window and largest prefix. A
+window's slots past ``w_end`` (past ``T`` near the end, where the canvas is
+padded) are invisible keys whose outputs are never read, and it reads only
+the cache slots up to its run's last block start. A shifted (Dream) model
+reads the window's first slot from its own output, as the reference does;
+that slot is the block's first position, committed at the block's first
+step (§2.4), so its logits are never used. The cache is the same under both
+``compat`` values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -101,8 +115,9 @@ class FullSamplerConfig:
         confidence divided by this (1.0 = off).
       early_stop: stop a row after a block of only ``pad_id`` (default: Dream).
       use_cache: prefix KV cache (module docstring).
-      further_horizon: window positions after the block with the cache (None =
-        the whole response).
+      further_horizon: with the cache, the canvas positions after the block
+        that later steps see (an integer >= 0; None = up to the end of the
+        canvas, §2.2).
       compat: ``"recommended"`` or ``"reference"`` (module docstring).
     """
 
@@ -145,8 +160,10 @@ class FullSamplerConfig:
         check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         check(self.alg_temp >= 0, f"alg_temp must be >= 0, got {self.alg_temp}")
         check(self.pad_target_penalty > 0, f"pad_target_penalty must be > 0, got {self.pad_target_penalty}")
-        check(self.further_horizon is None or self.further_horizon >= 0,
-              f"further_horizon must be None or >= 0, got {self.further_horizon}")
+        h = self.further_horizon
+        check(h is None or (isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 0),
+              f"further_horizon must be None or an integer >= 0, got {h!r}")
+        check(isinstance(self.use_cache, (bool, np.bool_)), f"use_cache must be a bool, got {self.use_cache!r}")
 
     @property
     def num_blocks(self) -> int:
@@ -160,11 +177,9 @@ class FullSamplerConfig:
     def stops_early(self) -> bool:
         return self.family == "dream" if self.early_stop is None else bool(self.early_stop)
 
-    def window_length(self, prompt_len: int) -> int:
-        """Query length ``W`` of a cached step: the slot before the block, the
-        block and the horizon, capped at the canvas length."""
-        span = self.gen_length if self.further_horizon is None else self.block_size + self.further_horizon
-        return min(1 + span, prompt_len + self.gen_length)
+    def window_plan(self, prompt_len: int) -> "WindowPlan":
+        """The static shapes of the cached steps (:func:`window_plan`)."""
+        return window_plan(self, prompt_len)
 
 
 FullForwardFn = Callable[..., tuple]
@@ -277,13 +292,72 @@ def select_commits(cfg: FullSamplerConfig, key: jax.Array, score: jax.Array, mas
 # --------------------------------------------------------------------------
 
 
-def _window_start(s, T: int, W: int):
-    # One slot before the block, moved left near the end so the static window stays inside the canvas.
-    return jnp.minimum(s - 1, T - W)
+WINDOW_SHAPES = 4
+"""Most compiled window shapes of the prefix cache: more shapes waste fewer invisible slots but
+compile one more model forward each (benchmarks/README.md, "Full-attention prefix cache")."""
+
+
+class WindowPlan(NamedTuple):
+    """Static shapes of the cached steps (§2.2).
+
+    Attributes:
+      lengths: per shape, the window's query length.
+      prefixes: per shape, the cache slots ``[0, C)`` the window attends to
+        (the largest block start ``s`` of its blocks: the prefix ``[0, s)``
+        fits, and the stale K/V past it are never read).
+      bucket: per block, the index of its shape.
+      pad: invisible slots appended to the canvas so every window fits past ``T``.
+    """
+
+    lengths: tuple
+    prefixes: tuple
+    bucket: tuple
+    pad: int
+
+
+def window_plan(cfg: "FullSamplerConfig", prompt_len: int) -> WindowPlan:
+    """Static shapes of the cached steps (§2.2).
+
+    Block ``j`` (start ``s_j = Lp + j*b``) needs ``n_j = min(b + h, G - j*b)``
+    query slots (``G - j*b`` with ``further_horizon=None``: the rest of the
+    canvas) and the prefix ``[0, s_j)``. The blocks are cut into at most
+    :data:`WINDOW_SHAPES` runs of consecutive blocks; a run's shape has the
+    largest window (its first block's) and the largest prefix (its last
+    block's), so the cost per query is about ``T + b * blocks per run`` keys
+    instead of ``T + n_j``. Window slots past ``n_j`` are invisible.
+
+    Args:
+      cfg: sampler settings.
+      prompt_len: ``Lp``.
+
+    Returns:
+      :class:`WindowPlan`.
+    """
+    G, b, nb, h = cfg.gen_length, cfg.block_size, cfg.num_blocks, cfg.further_horizon
+    need = [G - j * b if h is None else min(b + h, G - j * b) for j in range(nb)]
+    per = -(-nb // WINDOW_SHAPES)
+    runs = [range(k, min(k + per, nb)) for k in range(0, nb, per)]
+    lengths = tuple(max(need[j] for j in r) for r in runs)
+    prefixes = tuple(prompt_len + max(r) * b for r in runs)
+    bucket = tuple(j // per for j in range(nb))
+    pad = max(0, max(lengths[bucket[j]] - (G - j * b) for j in range(nb)))
+    return WindowPlan(lengths, prefixes, bucket, pad)
+
+
+def _cache_prefix(cache, length: int):
+    """The cache's first ``length`` slots (static) for a forward that only reads them.
+
+    The write cursor is left as it is: the window pass never writes.
+    """
+    if cache.stacked:
+        k, v = cache.k[..., :length], cache.v[..., :length, :]
+    else:
+        k, v = tuple(x[..., :length] for x in cache.k), tuple(x[..., :length, :] for x in cache.v)
+    return cache._replace(k=k, v=v, info=type(cache.info)(*(a[:, :length] for a in cache.info)))
 
 
 def prefix_pass(forward_fn: FullForwardFn, init_cache: Callable, params, canvas: jax.Array, positions: jax.Array,
-                valid: jax.Array, s, b: int, W: int):
+                valid: jax.Array, s, b: int):
     """First step of a block with the prefix cache: a full-canvas pass.
 
     Args:
@@ -292,38 +366,51 @@ def prefix_pass(forward_fn: FullForwardFn, init_cache: Callable, params, canvas:
       params: model parameters.
       canvas, positions: int ``[B, T]``; valid: bool ``[B, T]`` (keys).
       s: int scalar, canvas slot of the block start.
-      b: block size; W: window length (:meth:`FullSamplerConfig.window_length`).
+      b: block size.
 
     Returns:
       ``(logits [B, b, V], cache)``: the block's logits from the whole canvas
-      (exact), and a cache holding the K/V of every slot with only the prefix
-      before the window (``[0, s-1)``, or less near the end) marked valid.
+      (exact), and a cache holding the K/V of every slot of this pass with
+      only the prefix ``[0, s)`` (prompt and finished blocks) marked valid.
     """
     B, T = canvas.shape
     logits, cache = forward_fn(params, canvas, positions, full_info(valid), init_cache(B, T), True, s, b)
-    keep = cache.info.valid & (jnp.arange(T)[None] < _window_start(s, T, W))
+    keep = cache.info.valid & (jnp.arange(T)[None] < s)
     return logits, cache._replace(info=cache.info._replace(valid=keep))
 
 
 def window_pass(forward_fn: FullForwardFn, params, canvas: jax.Array, positions: jax.Array, valid: jax.Array,
-                cache, s, b: int, W: int, further_horizon: Optional[int]) -> jax.Array:
-    """A later step of a block: the window ``[ws, ws+W)`` against the cached prefix.
+                cache, s, b: int, length: int, pad: int, further_horizon: Optional[int],
+                prefix: Optional[int] = None) -> jax.Array:
+    """A later step of a block: the window ``[s, s + length)`` against the cached prefix.
 
-    Window slots at or beyond ``min(s + b + further_horizon, T)`` are
-    invisible (``further_horizon=None``: the whole canvas is visible).
+    Slots at or past ``w_end = min(s + b + further_horizon, T)`` (``T`` with
+    ``further_horizon=None``) are invisible; the canvas gets ``pad``
+    invisible slots at its end so a window near the end keeps its length.
 
     Args:
-      As :func:`prefix_pass`, plus ``cache`` from it and ``further_horizon``.
+      forward_fn, params: as :func:`prefix_pass`.
+      canvas, positions: int ``[B, T]``; valid: bool ``[B, T]`` (keys).
+      cache: from :func:`prefix_pass` of this block.
+      s: int scalar, canvas slot of the block start.
+      b: block size; length: window length (``>= b``, static);
+      pad: static, ``>= s + length - T`` for every ``s`` this is called with.
+      further_horizon: window slots after the block, None = to the end.
+      prefix: static, ``>= s``: only the cache slots ``[0, prefix)`` are read
+        (None: all ``T``).
 
     Returns:
       float32 ``[B, b, V]``, the logits of the block's tokens.
     """
     T = canvas.shape[1]
-    ws = _window_start(s, T, W)
-    horizon = T if further_horizon is None else jnp.minimum(s + b + further_horizon, T)
-    sl = lambda a: lax.dynamic_slice_in_dim(a, ws, W, axis=1)
-    w_valid = sl(valid) & ((ws + jnp.arange(W))[None] < horizon)
-    return forward_fn(params, sl(canvas), sl(positions), full_info(w_valid), cache, False, s - ws, b)[0]
+    end = T if further_horizon is None else jnp.minimum(s + b + further_horizon, T)
+    padded = lambda a, v: jnp.pad(a, ((0, 0), (0, pad)), constant_values=v) if pad else a
+    sl = lambda a: lax.dynamic_slice_in_dim(a, s, length, axis=1)
+    w_valid = sl(padded(valid, False)) & ((s + jnp.arange(length))[None] < end)
+    if prefix is not None and prefix < T:
+        cache = _cache_prefix(cache, prefix)
+    return forward_fn(params, sl(padded(canvas, 0)), sl(padded(positions, 0)), full_info(w_valid), cache, False,
+                      0, b)[0]
 
 
 # --------------------------------------------------------------------------
@@ -354,19 +441,32 @@ def _generate(forward_fn: FullForwardFn, init_cache: Optional[Callable], cfg: Fu
     S_tab = jnp.asarray(S_np)
     frac_tab = jnp.asarray(dream_fraction_table(S_np))
     max_iters = int(S_np.max()) if cfg.remasking != "threshold" else b + 1
+    reference = cfg.compat == "reference"
+    # LLaDA's reference always makes a second call in a block (its loop tests for masks after the call).
+    forced_second = reference and cfg.family == "llada"
+    if forced_second:
+        max_iters = max(max_iters, 2)
     canvas, positions, valid = _canvas_layout(cfg, prompts, prompt_valid)
     info = full_info(valid)
-    W = cfg.window_length(Lp)
+    plan = window_plan(cfg, Lp) if cfg.use_cache else None
     slot = jnp.arange(T, dtype=jnp.int32)
 
-    def run_model(ss, s, i):
-        """Logits ``[B, b, V]`` of the block starting at canvas slot ``s``."""
+    def run_model(ss, s, j, i):
+        """Logits ``[B, b, V]`` of block ``j`` (starting at canvas slot ``s``) at in-block step ``i``."""
         if not cfg.use_cache:
             return forward_fn(params, ss["canvas"], positions, info, None, False, s, b)[0], ss["cache"]
-        full = lambda _: prefix_pass(forward_fn, init_cache, params, ss["canvas"], positions, valid, s, b, W)
-        window = lambda cache: (window_pass(forward_fn, params, ss["canvas"], positions, valid, cache, s, b, W,
-                                            cfg.further_horizon), cache)
-        return lax.cond(i == 0, full, window, ss["cache"])
+
+        def full(_):
+            return prefix_pass(forward_fn, init_cache, params, ss["canvas"], positions, valid, s, b)
+
+        def window(length, prefix):
+            return lambda cache: (window_pass(forward_fn, params, ss["canvas"], positions, valid, cache, s, b,
+                                              length, plan.pad, cfg.further_horizon, prefix), cache)
+
+        windows = [window(L, C) for L, C in zip(plan.lengths, plan.prefixes)]
+        later = windows[0] if len(windows) == 1 else (
+            lambda cache: lax.switch(jnp.asarray(plan.bucket, jnp.int32)[j], windows, cache))
+        return lax.cond(i == 0, full, later, ss["cache"])
 
     def block_body(st):
         j = st["j"]
@@ -376,14 +476,15 @@ def _generate(forward_fn: FullForwardFn, init_cache: Optional[Callable], cfg: Fu
 
         def step_cond(ss):
             active = ~st["stopped"] & jnp.any(blk_of(ss["canvas"]) == cfg.mask_id, axis=-1)
-            return jnp.any(active) & (ss["i"] < max_iters)
+            go = (jnp.any(active) | (ss["i"] == 1)) if forced_second else jnp.any(active)
+            return go & (ss["i"] < max_iters)
 
         def step_body(ss):
             i = ss["i"]
             blk = blk_of(ss["canvas"])
             masked = blk == cfg.mask_id
             active = ~st["stopped"] & jnp.any(masked, axis=-1)
-            logits, cache = run_model(ss, s, i)
+            logits, cache = run_model(ss, s, j, i)
             keys = jax.vmap(jax.random.fold_in)(row_keys, ss["g"])
             tokens, conf, logp = jax.vmap(lambda k, z: sample_positions(cfg, k, z))(keys, logits)
             score = jnp.where(tokens == cfg.pad_id, conf / cfg.pad_target_penalty, conf)
@@ -399,7 +500,8 @@ def _generate(forward_fn: FullForwardFn, init_cache: Optional[Callable], cfg: Fu
                 step=put(ss["step"], jnp.where(commit, (ss["g"] + 1)[:, None], take(ss["step"]))),
                 logp=put(ss["logp"], jnp.where(commit, logp, take(ss["logp"]))),
                 conf=put(ss["conf"], jnp.where(commit, conf, take(ss["conf"]))),
-                g=ss["g"] + active.astype(jnp.int32),
+                # The reference snapshots the whole batch at every step: a shared counter.
+                g=ss["g"] + (~st["stopped"] if reference else active).astype(jnp.int32),
                 cache=cache)
 
         ss = lax.while_loop(step_cond, step_body, dict(
