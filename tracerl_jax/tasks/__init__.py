@@ -5,6 +5,10 @@ Generators (seeded, disjoint train/test splits, verifiers that never raise)::
     task = get_task("arithmetic", digits=3, operands=3)
     train = task.generate("train", 1000, seed=0)
     reward = task.verify(model_output, train[0])
+    rewards = verify_batch(outputs, examples)   # one call per task (codefn: one sandbox call)
+
+Built-in tasks: ``arithmetic``, ``sudoku4``, ``countdown`` and ``codefn`` (a small Python
+function from its examples, its hidden tests run in the sandbox; ``tasks.codefn``).
 
 Readers (shipped MATH500/GSM8K test sets, the reference's JSON format)::
 

@@ -4,15 +4,15 @@
 
 The functions come from a family of short integer templates (the ``templates`` knob):
 
-========== ======================= =====================================
-template   expression              parameters
-========== ======================= =====================================
-linear     ``a*x+b``               a in [-max_coef, max_coef] \\ {0}, b in [-max_const, max_const]
-quadratic  ``x*x+a*x+b``           a in [-max_coef, max_coef], b as above
-mod        ``x%m+b``               m in [2, max(2, max_input // 2)], b as above
-minmax     ``max(x,c)``/``min(x,c)`` c in [1, max_input - 1]
-pair       ``a*x+b*y+c``           a, b in [-max_coef, max_coef] \\ {0}, c as b above
-========== ======================= =====================================
+=========== ============================ ==================================================
+template    expression                   parameters
+=========== ============================ ==================================================
+linear      ``a*x+b``                    a in [-max_coef, max_coef] \\ {0}, b in [-max_const, max_const]
+quadratic   ``x*x+a*x+b``                a in [-max_coef, max_coef], b as above
+mod         ``x%m+b``                    m in [2, max(2, max_input // 2)], b as above
+minmax      ``max(x,c)``, ``min(x,c)``   c in [1, max_input - 1]
+pair        ``a*x+b*y+c``                a, b in [-max_coef, max_coef] \\ {0}, c as b above
+=========== ============================ ==================================================
 
 Inputs are integers in ``[0, max_input]`` (pairs of them for ``pair``). A problem shows
 ``shown`` input/output examples and keeps ``hidden`` other inputs as its tests. The shown
