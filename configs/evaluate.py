@@ -53,7 +53,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
 
     # --- data (tracerl_jax.tasks.load_examples) ------------------------------
     c.data = ml_collections.ConfigDict()
-    c.data.name = "arithmetic"  # arithmetic | sudoku4 | countdown | math500 | gsm8k | reference (needs path)
+    c.data.name = "arithmetic"  # arithmetic | sudoku4 | countdown | codefn | math500 | gsm8k | reference (needs path)
     c.data.knobs = ml_collections.ConfigDict(dict(digits=2, operands=2, ops="+-"))  # built-in task knobs
     c.data.num = 256  # problems (built-in tasks: generated from the test split); <= 0: the whole data set
     c.data.seed = 0  # built-in task generator seed (the SFT config's task.seed gives the same test split)

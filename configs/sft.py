@@ -8,7 +8,7 @@ Usage::
     python examples/sft.py --config=configs/sft.py:llada       # full attention (configs/tracerl_full.py's warm start)
 
 Variants after the colon: ``arithmetic`` (default), ``sudoku4``,
-``countdown``, ``smoke`` (tiny model, a handful of steps), ``llada`` /
+``countdown``, ``codefn`` (configs/tracerl_codefn.py's warm start), ``smoke`` (tiny model, a handful of steps), ``llada`` /
 ``dream`` (a ``small-llada`` / ``small-dream`` model on arithmetic, §10.2).
 The model preset's family picks the SFT rows: ``model.preset=tiny-llada``
 (or ``small-dream``, ...) is all it takes to train a full-attention model.
@@ -26,7 +26,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
 
     # --- task ------------------------------------------------------------
     c.task = ml_collections.ConfigDict()
-    c.task.name = "arithmetic"  # a built-in task: arithmetic | sudoku4 | countdown
+    c.task.name = "arithmetic"  # a built-in task: arithmetic | sudoku4 | countdown | codefn
     c.task.knobs = ml_collections.ConfigDict(dict(digits=2, operands=2, ops="+-"))  # task difficulty knobs
     c.task.num_train = 8000  # distinct training problems (train split)
     c.task.seed = 0  # problem-generator seed (train and held-out test splits are disjoint)
@@ -126,6 +126,14 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.task.name = "countdown"
         c.task.knobs = ml_collections.ConfigDict()
         c.gen_length = 48
+    elif variant == "codefn":
+        # Small functions from three examples; the target is "\boxed{<return expression>}" (<= 12
+        # tokens), the knobs those of configs/tracerl_codefn.py.
+        from configs.tracerl_codefn import CODEFN_KNOBS  # pylint: disable=g-import-not-at-top
+        c.workdir = "runs/sft_codefn"
+        c.task.name = "codefn"
+        c.task.knobs = ml_collections.ConfigDict(CODEFN_KNOBS)
+        c.gen_length = 16
     elif variant in ("llada", "dream"):
         # A CPU-sized full-attention warm start for configs/tracerl_full.py (its default model.init).
         # Measured (llada, shared 2-core CPU under load, ~57 min): held-out greedy accuracy 0.008 / 0.016 /
@@ -153,5 +161,5 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.optimizer.warmup = 1
         c.progress = False
     else:
-        raise ValueError(f"unknown variant {variant!r}; expected arithmetic, sudoku4, countdown, llada, dream or smoke")
+        raise ValueError(f"unknown variant {variant!r}; expected arithmetic, sudoku4, countdown, codefn, llada, dream or smoke")
     return c

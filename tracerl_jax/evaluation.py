@@ -42,7 +42,7 @@ import numpy as np
 from tracerl_jax.data import bucket_length, padded_batches
 from tracerl_jax.diagnostics import CompileCounter
 from tracerl_jax.tasks import Example, task_names
-from tracerl_jax.tasks import verify as task_verify
+from tracerl_jax.tasks import verify_batch as task_verify_batch
 from tracerl_jax.tokenizers import Tokenizer, pad_ids
 
 VerifyFn = Callable[[str, Example], float]
@@ -62,7 +62,9 @@ def _is_task_example(ex: Example) -> bool:
 def default_verifier(examples: Sequence[Example]) -> BatchVerifyFn:
     """The verifier matching ``examples``.
 
-    * Built-in tasks (``meta["task"]`` registered): the task's own verifier.
+    * Built-in tasks (``meta["task"]`` registered): the task's own verifier,
+      one ``Task.verify_batch`` call per task (``"codefn"`` runs the batch's
+      programs in the sandbox in one call).
     * Other ``kind == "math"`` examples (MATH500, GSM8K, reference math
       files): :func:`tracerl_jax.rewards.score_math` (math-verify, every
       ``\\boxed{}`` answer against ``Example.answer``; boxes echoed from
@@ -79,12 +81,13 @@ def default_verifier(examples: Sequence[Example]) -> BatchVerifyFn:
 
     def scorer(responses, exs, lengths):
         rewards = [0.0] * len(responses)
-        math_idx = []
-        for i, (r, e) in enumerate(zip(responses, exs)):
-            if _is_task_example(e):
-                rewards[i] = float(task_verify(r, e))
-            else:
-                math_idx.append(i)
+        task_idx = [i for i, e in enumerate(exs) if _is_task_example(e)]
+        math_idx = [i for i, e in enumerate(exs) if not _is_task_example(e)]
+        if task_idx:
+            # One call per task for the whole batch: a code task sends it to the sandbox at once.
+            scores = task_verify_batch([responses[i] for i in task_idx], [exs[i] for i in task_idx])
+            for i, s in zip(task_idx, scores):
+                rewards[i] = float(s)
         if math_idx:
             from tracerl_jax.rewards import score_math  # lazy: starts worker processes
 

@@ -57,6 +57,9 @@ def rl_step(run: Run, step: int) -> dict:
         group_filter=cfg.rollout.group_filter, truncation_cap=cfg.rollout.truncation_cap)
     batch = stages.globalize(local, run.mesh)
     out = stages.rollout_metrics(local)
+    # The reward's share of the step (the sandbox, for a code task); time_rollout includes it.
+    out.update(time_reward=local.score_seconds,
+               reward_responses_per_s=len(local.texts) / max(local.score_seconds, 1e-9))
     t1 = time.perf_counter()
     # 4. training rows in the family's layout, packed into update batches on device
     rows, completion = stages.build_policy_rows(c.method, batch, family=run.family, settings=run.row_settings,

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- task and data -------------------------------------------------------------------
     c.task = ml_collections.ConfigDict()
-    c.task.name = "arithmetic"      # built-in task (arithmetic | sudoku4 | countdown), math500, gsm8k, jsonl:<path>
+    c.task.name = "arithmetic"      # built-in task (arithmetic | sudoku4 | countdown | codefn), math500, gsm8k, jsonl:<path>
     c.task.knobs = ml_collections.ConfigDict(dict(digits=2, operands=2, ops="+-"))  # difficulty
     c.task.num_train = 4000         # training prompts generated (train split)
     c.task.num_eval = 256           # held-out prompts (test split) for evaluation

@@ -29,6 +29,7 @@ scores, advantages and updates are global computations over all devices.
 from __future__ import annotations
 
 import dataclasses
+import time
 from functools import partial
 from typing import Callable, Optional, Sequence
 
@@ -62,6 +63,8 @@ class RolloutBatch:
       scores: float32 ``[P, k]`` verifier scores.
       advantages: float32 ``[N]`` group z-scores (§7.4).
       keep: bool ``[N]`` whether the response's group survived the filter.
+      score_seconds: wall seconds ``score_fn`` took on this process (the sandbox's time
+        for a code task), part of the rollout time.
     """
 
     prompts: np.ndarray
@@ -71,6 +74,7 @@ class RolloutBatch:
     scores: np.ndarray
     advantages: np.ndarray
     keep: np.ndarray
+    score_seconds: float = 0.0
 
 
 def decode_completions(tokenizer, rollout: Rollout) -> list[str]:
@@ -133,14 +137,16 @@ def rollout_and_reward(sample_fn: Callable, params, tokenizer, examples: Sequenc
                                                                                        row_keys=row_keys)
     texts = decode_completions(tokenizer, ro)
     lengths = np.asarray(ro.lengths)
+    t_score = time.perf_counter()
     scores = np.asarray(score_fn(texts, [e for e in examples for _ in range(k)], lengths), np.float32)
+    score_seconds = time.perf_counter() - t_score
     if truncation_cap is not None:
         scores = np.asarray(adv_lib.truncation_penalty(scores, lengths, truncation_cap))
     scores = scores.reshape(len(examples), k)
     adv, keep = adv_lib.group_normalize(scores, keep_range=keep_range if group_filter == "range" else None,
                                         drop_constant=group_filter == "constant")
     return RolloutBatch(prompts, valid, ro, texts, scores, np.asarray(adv).reshape(-1),
-                        np.repeat(np.asarray(keep), k))
+                        np.repeat(np.asarray(keep), k), score_seconds)
 
 
 # Training-row builders of the RL methods (``rl.method``):

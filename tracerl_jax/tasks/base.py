@@ -4,7 +4,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import random
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Sequence
 
 from tracerl_jax.tasks.example import Example
 from tracerl_jax.tasks.splits import check_split, split_of
@@ -61,6 +61,20 @@ class Task(abc.ABC):
           A reward in [0, 1].
         """
 
+    def split_key(self, example: Example) -> str:
+        """Returns the text whose hash puts ``example`` in a split; by default ``canonical``.
+
+        A task with several problems per underlying item (one function shown through
+        different examples) returns the item, so no item is in both splits.
+
+        Args:
+          example: an example made by ``sample``.
+
+        Returns:
+          Equal for two examples that must share a split.
+        """
+        return self.canonical(example)
+
     @property
     def knobs(self) -> dict[str, Any]:
         """The task's difficulty knobs as a plain dict."""
@@ -83,6 +97,21 @@ class Task(abc.ABC):
         except Exception:  # untrusted text: any parse failure is a wrong answer
             return 0.0
         return min(max(value, 0.0), 1.0)
+
+    def verify_batch(self, responses: Sequence[Any], examples: Sequence[Example]) -> list[float]:
+        """Scores a batch of responses; never raises because of their text.
+
+        Tasks whose verifier has a per-call cost (starting sandboxed programs) override this
+        to score the whole batch at once; the default calls ``verify`` on each.
+
+        Args:
+          responses: ``N`` model outputs.
+          examples: the ``N`` examples they answer.
+
+        Returns:
+          ``N`` rewards in [0, 1].
+        """
+        return [self.verify(r, e) for r, e in zip(responses, examples, strict=True)]
 
     def iterate(self, split: str, seed: int = 0) -> Iterator[Example]:
         """Yields distinct problems of one split, in a seeded order, without end.
@@ -109,7 +138,7 @@ class Task(abc.ABC):
         while True:
             example = self.sample(rng)
             key = self.canonical(example)
-            if key in seen or split_of(self.name, key) != split:
+            if key in seen or split_of(self.name, self.split_key(example)) != split:
                 fruitless += 1
                 if fruitless >= _MAX_FRUITLESS_DRAWS:
                     raise ValueError(
