@@ -182,7 +182,7 @@ def assert_same_run(workdir, reference):
     last, ref_last = read_metrics(workdir)[-1], read_metrics(reference)[-1]
     assert last["step"] == ref_last["step"] == STEPS
     for k, v in ref_last.items():
-        if not k.startswith("time"):
+        if not (k.startswith("time") or k.endswith("_per_s")):  # wall-clock timings and rates differ
             assert last[k] == v, k
     # The updates really moved the model (else equality would prove nothing).
     first = restore_item(reference, 1, "policy")
