@@ -35,6 +35,9 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     # tracerl_jax.models preset (tiny-llada, small-dream, ...: full attention); vocab/ids from the tokenizer
     c.model.preset = "tiny"
+    # Start from a checkpoint instead of random init ("shipped:arith_sft", an export or HF dir); its family
+    # may differ from the preset's (a block model's weights start a LLaDA/Dream-layout model of its shape).
+    c.model.init = config_dict.placeholder(str)
     c.model.hidden_size = config_dict.placeholder(int)  # None keeps the preset's value (all below too)
     c.model.intermediate_size = config_dict.placeholder(int)  # SwiGLU width
     c.model.num_layers = config_dict.placeholder(int)  # decoder layers

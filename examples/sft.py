@@ -40,6 +40,7 @@ from tracerl_jax import evaluation  # noqa: E402
 from tracerl_jax.data import ExampleIterator, SFTPairs, encode_sft_pairs  # noqa: E402
 from tracerl_jax.families import Family, RowSettings, get_family  # noqa: E402
 from tracerl_jax.models import get_preset, init_model, save_hf_checkpoint, split_model  # noqa: E402
+from tracerl_jax.models.transfer import transfer_weights  # noqa: E402
 from tracerl_jax.tasks import get_task  # noqa: E402
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
 from tracerl_jax.train import checkpoint as ckpt_lib  # noqa: E402
@@ -80,6 +81,26 @@ def _validate(cfg: ml_collections.ConfigDict, family: Family) -> None:
         raise ValueError(f"gen_length={cfg.gen_length} must be a multiple of block_size={cfg.block_size}")
 
 
+def initial_model(cfg: ml_collections.ConfigDict, model_cfg, tok, say=print):
+    """The model SFT starts from: a fresh ``model.preset``, or the weights of ``model.init`` carried into it.
+
+    ``model.init`` takes what ``examples/tracerl.py``'s does (``shipped:arith_sft``, an export, an HF
+    directory). Its family may differ from the preset's: a block checkpoint can start a LLaDA- or
+    Dream-layout model of the same shape (tracerl_jax.models.transfer).
+    """
+    model = init_model(model_cfg, seed=cfg.seed)
+    spec = cfg.model.get("init")
+    if not spec:
+        return model
+    from tracerl_jax.rl.specs import load_policy  # pylint: disable=g-import-not-at-top
+    _, source = load_policy(spec, tok, scan_layers=model_cfg.scan_layers)
+    model, report = transfer_weights(source, model)
+    say(f"model.init={spec} ({source.config.family}) -> {cfg.model.preset} ({model_cfg.family}): "
+        f"{len(report.copied)} weights copied, {len(report.dropped)} dropped {list(report.dropped[:2])}..., "
+        f"{len(report.kept_init)} left at init")
+    return model
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
     """Runs (or resumes) SFT; returns the final evaluation summary.
 
@@ -115,7 +136,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
 
     # Model, optimizer, optional mesh.
     model_cfg = _common.model_config(cfg.model, tok)
-    graphdef, params = split_model(init_model(model_cfg, seed=cfg.seed))
+    graphdef, params = split_model(initial_model(cfg, model_cfg, tok, say))
     opt_cfg = OptimizerConfig(
         learning_rate=cfg.optimizer.learning_rate, schedule=cfg.optimizer.schedule, warmup=cfg.optimizer.warmup,
         min_lr_scale=cfg.optimizer.min_lr_scale, total_updates=cfg.num_steps, b1=cfg.optimizer.b1,
@@ -161,6 +182,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         ckpt.save(step, {"train": state, "rng": rng},
                   meta={"data": it.state, "config": _common.config_to_dict(cfg)}, force=True)
 
+    if cfg.model.get("init") and start == 0 and cfg.eval.every:  # what the carried weights score as they are
+        run_eval(0, state.params)
     t_start, acc, t_log = time.perf_counter(), [], time.perf_counter()
     bar = tqdm(range(start, last), initial=start, total=last, desc="sft",
                disable=not cfg.progress, dynamic_ncols=True)
