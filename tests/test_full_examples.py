@@ -338,6 +338,7 @@ def test_sft_rejects_methods_of_the_other_family():
         with pytest.raises(ValueError, match=message):
             sft.train_and_evaluate(cfg(preset, **fields), workdir="/nonexistent/never_created")
     llada = sft_config("llada")
-    assert llada.model.preset == "small-llada" and llada.export_hf and llada.sft.method == "random_masking"
+    assert llada.model.preset == "small-llada" and llada.export_hf and llada.sft.method == "semi-ar"
+    assert llada.model.init == sft_config("dream").model.init == "shipped:arith_sft"  # the block model's weights
     assert sft.sft_normalizer(cfg("tiny-dream"), "dream") == "row_tokens"
     assert sft.sft_normalizer(cfg("tiny"), "sdar") == "global_L1"
