@@ -11,14 +11,11 @@ Configuration only, two commands (the second reads the first's export):
     python examples/tracerl.py --config=configs/tracerl_full.py --config.rl.method=coupled
     python examples/tracerl.py --config=configs/tracerl_full.py --config.value.enabled=True
 
-Measured on the shared 2-core CPU (under load): from the ``sft.py:llada``
-warm start (1000 updates, held-out accuracy 0.055 here), 10 TraceRL steps
-(``--config.rl.total_steps=10 --config.eval.every=5``) took 184 s of RL steps and
-gave 0.047 at step 5 and 0.059 at step 10: the loop runs, but with so weak a
-start few groups carry a reward signal (0 to 4 of 8 per step) and 10 steps
-move nothing beyond noise. The block-model recipe (configs/tracerl.py) is the
-one with measured learning (docs/results.md); benchmarks/full_attention.py
-measured 0.398 -> 0.625 in 20 full-attention TraceRL steps from a stronger start.
+Measured (docs/results.md, "Full-attention models"; experiments/full_attention.sh): the warm starts
+carry the shipped block model's weights into each layout and score 0.492 (LLaDA, 300 SFT updates) and
+0.387 (Dream, 1000 updates) on the 256 held-out problems; 20 TraceRL steps took LLaDA seed 0 to 0.652
+(+16.0) but seed 1 from 0.500 to 0.434: with 64 rollouts per step the update is noisy. The block-model
+recipe (configs/tracerl.py) has the steadier measured learning.
 
 Every field is that of configs/tracerl.py (documented there); the model's
 family (read from ``model.init``) selects the full-attention sampler (§2) and

@@ -1,7 +1,7 @@
-r"""SFT of a small diffusion LM from scratch: block models (§10.1) or LLaDA / Dream (§10.2).
+r"""SFT of a small diffusion LM, from scratch or from ``model.init``: block models (§10.1) or LLaDA / Dream (§10.2).
 
     python examples/sft.py --config=configs/sft.py --config.num_steps=1500
-    python examples/sft.py --config=configs/sft.py:llada          # full attention, LLaDA layout
+    python examples/sft.py --config=configs/sft.py:llada          # LLaDA layout, from the shipped block model
     python examples/sft.py --config=configs/sft.py --config.model.preset=tiny-dream --config.sft.method=ar
 
 The loop: a batch of (prompt, worked solution) pairs -> SFT rows -> one
