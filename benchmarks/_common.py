@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 
@@ -42,6 +42,34 @@ def timed(fn: Callable, *args, **kwargs):
     out = fn(*args, **kwargs)
     jax.block_until_ready(out)
     return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def interleaved_rounds(calls: dict, repeats: int, budget_s: float, *, min_rounds: int = 2,
+                       tag: Callable[[Any], str] | None = None, label: str = "") -> tuple[dict, dict, dict]:
+    """Times every call once per round, round-robin so that all of them see the same machine load.
+
+    Runs ``repeats`` rounds, stopping early once ``min_rounds`` are done and the
+    wall time spent exceeds ``budget_s``. With ``tag``, prints one line per round
+    (``label``, then ``tag(key)`` and the call's wall seconds).
+
+    Returns:
+      ``(wall, cpu, outputs)``: per key, the list of wall and process-CPU
+      seconds of each round, and the output of the last round.
+    """
+    wall, cpu, outs = {k: [] for k in calls}, {k: [] for k in calls}, {}
+    spent, r = 0.0, 0
+    while r < repeats and (r < min_rounds or spent < budget_s):
+        line = []
+        for k, fn in calls.items():
+            outs[k], w, c = timed(fn)
+            wall[k].append(w)
+            cpu[k].append(c)
+            spent += w
+            line.append(f"{tag(k) if tag else k} {w:.3f}s")
+        if tag is not None:
+            print(f"  {label}round {r}: " + ", ".join(line), flush=True)
+        r += 1
+    return wall, cpu, outs
 
 
 def median(xs: Sequence[float]) -> float:

@@ -35,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -131,19 +132,9 @@ def main(argv=None):
             diffs[(name, kind)] = (max(float(jnp.max(jnp.abs(a - r))) for a, r in pairs),
                                    max(float(jnp.max(jnp.abs(r))) for _, r in pairs))
         del outs
-        wall = {key: [] for key in calls}
-        cpu = {key: [] for key in calls}
-        spent, r = 0.0, 0
-        while r < args.repeats and (r < 2 or spent < args.budget_s):
-            line = []
-            for key, fn in calls.items():
-                _, wt, ct = common.timed(fn, q, k, v, info)
-                wall[key].append(wt)
-                cpu[key].append(ct)
-                spent += wt
-                line.append(f"{key[0]} {key[1]} {wt:.3f}s")
-            print(f"  L1={L1} round {r}: " + ", ".join(line), flush=True)
-            r += 1
+        bound = {key: functools.partial(fn, q, k, v, info) for key, fn in calls.items()}
+        wall, cpu, _ = common.interleaved_rounds(bound, args.repeats, args.budget_s,
+                                                 tag=lambda key: f"{key[0]} {key[1]}", label=f"L1={L1} ")
         for (name, kind) in calls:
             t, c = common.median(wall[(name, kind)]), common.median(cpu[(name, kind)])
             dk = ("dense", kind)

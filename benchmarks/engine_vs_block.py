@@ -146,17 +146,8 @@ def run(args, tok, env) -> list[dict]:
         calls["engine"] = lambda: eng(params, prompts, valid, row_keys=keys, row_budgets=budgets, return_stats=True)
     print(f"engine vs block sampler, workload {args.workload}: {label}; {n} responses, engine {slots} slots, "
           f"block batch {n}; {env['cpu_count']} cores", flush=True)
-    first, wall, cpu, outs = {}, {k: [] for k in calls}, {k: [] for k in calls}, {}
-    for k, f in calls.items():
-        outs[k], first[k], _ = common.timed(f)
-    spent, r = 0.0, 0
-    while r < args.repeats and (r == 0 or spent < args.budget_s):
-        for k, f in calls.items():   # round-robin: both see the same machine load
-            outs[k], w, c = common.timed(f)
-            wall[k].append(w)
-            cpu[k].append(c)
-            spent += w
-        r += 1
+    first = {k: common.timed(f)[1] for k, f in calls.items()}  # compile
+    wall, cpu, outs = common.interleaved_rounds(calls, args.repeats, args.budget_s, min_rounds=1)
     results = []
     for k in calls:
         if k == "engine":

@@ -185,24 +185,6 @@ def synthetic_rows(tok, L0: int, L1: int, n_resp: int, block_size: int, seed: in
     return pack_rows(rows, rounds, block_size=block_size) if pack else rows
 
 
-def steady_rounds(calls: dict, args) -> tuple[dict, dict]:
-    """Runs every call once per round, interleaved, for ``--repeats`` rounds (at least 2, then until
-    ``--budget-s``); returns each call's wall and process-CPU seconds per round."""
-    wall, cpu = {k: [] for k in calls}, {k: [] for k in calls}
-    spent, r = 0.0, 0
-    while r < args.repeats and (r < 2 or spent < args.budget_s):
-        line = []
-        for k, fn in calls.items():
-            _, w, c = common.timed(fn)
-            wall[k].append(w)
-            cpu[k].append(c)
-            spent += w
-            line.append(f"{k} {w:.3f}s")
-        print(f"  round {r}: " + ", ".join(line), flush=True)
-        r += 1
-    return wall, cpu
-
-
 def compare_rows(args, env, meter, tok, cfg, bw_cfg):
     """Packed against unpacked rows: the same rounds, the same update, timed side by side.
 
@@ -246,7 +228,7 @@ def compare_rows(args, env, meter, tok, cfg, bw_cfg):
         (_, metrics[k]), first[k], _ = common.timed(fn)
         print(f"  first call {k:<20} {first[k]:8.2f}s  loss {float(metrics[k]['loss']):.6g} "
               f"grad norm {float(metrics[k]['grad_norm']):.6g}", flush=True)
-    wall, cpu = steady_rounds(calls, args)
+    wall, cpu, _ = common.interleaved_rounds(calls, args.repeats, args.budget_s, tag=str)
     t = {k: common.median(v) for k, v in wall.items()}
     tc = {k: common.median(v) for k, v in cpu.items()}
     ref = f"unpacked/{impls[0]}"
@@ -416,7 +398,7 @@ def main(argv=None):
     _, t_dot, _ = common.timed(calls["matmul"])
     mm_reps = int(np.clip(round(t_step / max(t_dot, 1e-6)), 1, args.max_matmul_reps))
     print(f"  matmul: {mm_reps} products of {n}x{n} per timed call", flush=True)
-    steady, cpu = steady_rounds(calls, args)
+    steady, cpu, _ = common.interleaved_rounds(calls, args.repeats, args.budget_s, tag=str)
     t = {k: common.median(v) for k, v in steady.items()}
     tc = {k: common.median(v) for k, v in cpu.items()}
 

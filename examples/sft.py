@@ -41,6 +41,7 @@ from tracerl_jax.data import ExampleIterator, SFTPairs, encode_sft_pairs  # noqa
 from tracerl_jax.families import Family, RowSettings, get_family  # noqa: E402
 from tracerl_jax.models import get_preset, init_model, save_hf_checkpoint, split_model  # noqa: E402
 from tracerl_jax.models.transfer import transfer_weights  # noqa: E402
+from tracerl_jax.rl.specs import load_policy  # noqa: E402
 from tracerl_jax.tasks import get_task  # noqa: E402
 from tracerl_jax.tokenizers import load_tokenizer  # noqa: E402
 from tracerl_jax.train import checkpoint as ckpt_lib  # noqa: E402
@@ -92,7 +93,6 @@ def initial_model(cfg: ml_collections.ConfigDict, model_cfg, tok, say=print):
     spec = cfg.model.get("init")
     if not spec:
         return model
-    from tracerl_jax.rl.specs import load_policy  # pylint: disable=g-import-not-at-top
     _, source = load_policy(spec, tok, scan_layers=model_cfg.scan_layers)
     model, report = transfer_weights(source, model)
     say(f"model.init={spec} ({source.config.family}) -> {cfg.model.preset} ({model_cfg.family}): "

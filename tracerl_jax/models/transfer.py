@@ -69,19 +69,18 @@ def transfer_weights(source: Transformer, target: Transformer) -> tuple[Transfor
                          + "; ".join(differ))
     source = relayout_layers(source, dst_cfg.scan_layers)
     src, dst = _flat(source), _flat(target)
-    for path in sorted(src.keys() & dst.keys()):
+    copied = tuple(sorted(src.keys() & dst.keys()))
+    for path in copied:
         if src[path].shape != dst[path].shape:
             raise ValueError(f"parameter {path}: source shape {src[path].shape} != target shape {dst[path].shape}")
-    copied = tuple(sorted(src.keys() & dst.keys()))
     report = TransferReport(copied=copied, dropped=tuple(sorted(src.keys() - dst.keys())),
                             kept_init=tuple(sorted(dst.keys() - src.keys())))
 
     graphdef, state = nnx.split(target, nnx.Param)
-    pure = nnx.to_pure_dict(state)
-    src_pure = nnx.to_pure_dict(nnx.state(source, nnx.Param))
-    by_path = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(src_pure)}
-    merged = jax.tree_util.tree_map_with_path(
-        lambda p, leaf: by_path[jax.tree_util.keystr(p)].astype(leaf.dtype)
-        if jax.tree_util.keystr(p) in by_path else leaf, pure)
-    nnx.replace_by_pure_dict(state, merged)
+
+    def carried(path, leaf):
+        key = jax.tree_util.keystr(path)
+        return src[key].astype(leaf.dtype) if key in src else leaf
+
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(carried, nnx.to_pure_dict(state)))
     return nnx.merge(graphdef, state), report
