@@ -15,8 +15,8 @@ Measured (docs/results.md, "Full-attention models"; experiments/full_attention.s
 carry the shipped block model's weights into each layout and score 0.492 (LLaDA, 300 SFT updates) and
 0.387 (Dream, 1000 updates) on the 256 held-out problems. At this recipe's budget (30 steps x 16 prompts
 x 8 responses, the block recipe's rollouts per step) TraceRL took LLaDA to 0.672 and 0.691 (seeds 0, 1:
-+18.0, +19.1) and Dream to 0.508 in both seeds (+12.1, +12.9). At half the rollouts per step and 20 steps (8 prompts) the same model gained +16.0 in
-seed 0 and lost 6.6 points in seed 1: 64 rollouts per step were too noisy for it.
++18.0, +19.1) and Dream to 0.508 in both seeds (+12.1, +12.9). At 8 prompts and 20 steps LLaDA gained
++16.0 in seed 0 and lost 6.6 points in seed 1: 64 rollouts per step were too noisy for it.
 
 Every field is that of configs/tracerl.py (documented there); the model's
 family (read from ``model.init``) selects the full-attention sampler (§2) and

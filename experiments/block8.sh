@@ -2,8 +2,8 @@
 # Issue 17 item 1: block-size enlargement (block 4 -> 8) of the shipped block-4 model (arith_sft) on
 # arithmetic. experiments/block8_decoding.sh showed why the first attempt (block 8, 4 steps per block,
 # dynamic threshold: 0.180 -> 0.180) had no signal: the model commits two or more tokens per step and is
-# confidently wrong four tokens ahead. These runs decode one token per step (8 static steps per block, as at
-# block 4, so a response costs the same 24 forwards) in rollouts, training rounds and evaluation:
+# confidently wrong four tokens ahead. These runs decode one token per step (8 static steps per block: 24
+# forwards per response, as block 4 with 4 static steps) in rollouts, training rounds and evaluation:
 #   tracerl_s{0,1}    TraceRL at block 8, the default budget (40 steps x 16 prompts x 8 responses)
 #   tracerl_k16_s0    the same with 16 responses per prompt (more groups with a correct answer)
 #   sft_block8        block-8 SFT from the same start, as many updates as one TraceRL run's CPU time

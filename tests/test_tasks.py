@@ -303,9 +303,10 @@ def test_generation_is_process_independent():
         e.question for e in tasks.get_task("countdown").generate("train", 5, seed=9)]
 
 
-@pytest.mark.parametrize("recipe", ["tracerl_sudoku4", "tracerl_countdown"])
+
+@pytest.mark.parametrize("recipe", ["tracerl_sudoku4", "tracerl_countdown", "tracerl_codefn"])
 def test_task_recipes_fit_their_task(recipe):
-    """The RL recipe's prompt_len and canvas hold every prompt and SFT answer of its task (and its SFT variant's)."""
+    """The RL recipe and its SFT variant train one task, and their lengths hold every prompt and answer of it."""
     import importlib
 
     from configs import sft
@@ -315,12 +316,13 @@ def test_task_recipes_fit_their_task(recipe):
     cfg = importlib.import_module(f"configs.{recipe}").get_config()
     check_config(cfg)
     s = sft.get_config(cfg.task.name)
-    assert s.task.name == cfg.task.name
-    tok = load_tokenizer(cfg.tokenizer)
     task = tasks.get_task(cfg.task.name, **cfg.task.knobs.to_dict())
+    assert tasks.get_task(s.task.name, **s.task.knobs.to_dict()) == task
+    tok = load_tokenizer(cfg.tokenizer)
     exs = task.generate("train", 2000, seed=0) + task.generate("test", 500, seed=1)
     prompts = [tok.encode(tok.chat_prompt(e.question)) for e in exs]
     answers = [tok.encode(e.solution) + [tok.eos_id] for e in exs]
     assert max(map(len, prompts)) <= cfg.prompt_len
     assert max(map(len, answers)) <= min(cfg.rollout.gen_length, s.gen_length)
     assert cfg.rollout.gen_length % cfg.rollout.block_size == 0
+    assert all(3 not in ids for ids in prompts + answers)  # 3 is <unk> in the shipped tokenizer
