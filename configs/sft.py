@@ -68,6 +68,10 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.sft.upper_p = 0.9
     c.sft.shrink = 1  # trace: merge this many steps of a block per row
     c.sft.num_draws = 1  # full-attention random_masking: masked copies per example (LLaDA 1, Dream 35 [REF])
+    # Dream only: the first ar_steps updates train ar rows (next token under a causal mask, §10.2), then
+    # sft.method's, with fresh Adam moments. A model carried over from unshifted weights learns Dream's
+    # one-position shift from them.
+    c.sft.ar_steps = 0
     c.sft.post_num = 0  # PAD tokens trained per response (0: only EOS marks the end); -1: all
     # loss normaliser: None = global_L1 [REF] (full attention: row_tokens [REF]) | batch_tokens
     c.sft.normalizer = config_dict.placeholder(str)
@@ -156,6 +160,8 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.batch_size = 16
         # Dream's logits at i score token i+1 (§2.4), so every prediction the block model learned sits one
         # position off and the arithmetic has to be relearned: it needs about three times the updates.
+        # (--config.sft.ar_steps=200 --config.num_steps=400 teaches the shift with next-token rows first:
+        # faster, but short of this recipe's accuracy so far; docs/results.md.)
         c.num_steps = 300 if variant == "llada" else 1000
         c.optimizer.learning_rate = 3e-4
         c.optimizer.schedule = "constant"

@@ -58,9 +58,17 @@ def row_settings(cfg: ml_collections.ConfigDict, tok) -> RowSettings:
                        post_num=post_num, lower_p=cfg.sft.lower_p, upper_p=cfg.sft.upper_p)
 
 
-def sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, family: Family, settings: RowSettings):
-    """Training rows of one batch of pairs, as the model's family builds them (§10)."""
-    return family.sft_rows(cfg.sft.method, key, pairs, settings, ratio=cfg.sft.ratio, num_draws=cfg.sft.num_draws)
+def method_at(cfg: ml_collections.ConfigDict, step: int) -> str:
+    """The rows update ``step`` (0-based) trains on: ``ar`` for the first ``sft.ar_steps``, then ``sft.method``."""
+    return "ar" if step < cfg.sft.get("ar_steps", 0) else cfg.sft.method
+
+
+def sft_rows(key, pairs: SFTPairs, cfg: ml_collections.ConfigDict, family: Family, settings: RowSettings,
+             method: str | None = None):
+    """Training rows of one batch of pairs, as the model's family builds them (§10); ``method``
+    overrides ``sft.method``."""
+    return family.sft_rows(method or cfg.sft.method, key, pairs, settings, ratio=cfg.sft.ratio,
+                           num_draws=cfg.sft.num_draws)
 
 
 def sft_normalizer(cfg: ml_collections.ConfigDict, family: Family | str) -> str:
@@ -80,6 +88,12 @@ def _validate(cfg: ml_collections.ConfigDict, family: Family) -> None:
         raise ValueError(f"stop_at={cfg.stop_at} must be in [0, num_steps={cfg.num_steps}]")
     if cfg.gen_length % cfg.block_size:
         raise ValueError(f"gen_length={cfg.gen_length} must be a multiple of block_size={cfg.block_size}")
+    ar_steps = cfg.sft.get("ar_steps", 0)
+    if isinstance(ar_steps, bool) or not isinstance(ar_steps, int) or not 0 <= ar_steps <= cfg.num_steps:
+        raise ValueError(f"sft.ar_steps must be an int in [0, num_steps={cfg.num_steps}], got {ar_steps!r}")
+    if ar_steps and "ar" not in family.sft_methods:
+        raise ValueError(f"sft.ar_steps={ar_steps} trains ar rows, which a {family.name} model does not take "
+                         f"(model.preset={cfg.model.preset!r}; Dream models only)")
 
 
 def initial_model(cfg: ml_collections.ConfigDict, model_cfg, tok, say=print):
@@ -162,7 +176,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         it.restore(restored.meta["data"])
         start = restored.step
         say(f"resumed from step {start} ({workdir / 'checkpoints'})")
-    say(f"SFT {cfg.sft.method} on {cfg.task.name} {_common.task_knobs(cfg.task)}: {len(pairs.kept)} pairs, "
+    method = cfg.sft.method
+    if cfg.sft.get("ar_steps", 0):
+        method = f"ar for {cfg.sft.ar_steps} updates, then {method}"
+    say(f"SFT {method} on {cfg.task.name} {_common.task_knobs(cfg.task)}: {len(pairs.kept)} pairs, "
         f"L0={L0} L1={L1}, model {cfg.model.preset} ({family.name}, {_common.num_params(state.params) / 1e6:.2f}M params), "
         f"{cfg.num_steps} steps of {cfg.batch_size}")
 
@@ -188,8 +205,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     bar = tqdm(range(start, last), initial=start, total=last, desc="sft",
                disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
+        if step == cfg.sft.get("ar_steps", 0) > 0:
+            # The ar rows' late gradients are small; Adam moments kept from them would scale the first
+            # updates of the new rows far up, so the second stage starts with fresh moments.
+            state = state._replace(opt_state=optimizer.init(state.params))
+            if mesh is not None:
+                state = jax.device_put(state, shardings)
         batch_pairs = pairs.take(next(it))
-        rows = sft_rows(jax.random.fold_in(jax.random.split(rng)[0], step), batch_pairs, cfg, family, settings)
+        rows = sft_rows(jax.random.fold_in(jax.random.split(rng)[0], step), batch_pairs, cfg, family, settings,
+                        method_at(cfg, step))
         batch = dict(rows=rows, **batch_scalars(rows.row_valid, cfg.grad_accum, L1))
         lr = learning_rate(opt_cfg, step)
         state, metrics = train_step(state, to_microbatches(batch, cfg.grad_accum), lr)

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import ml_collections
 import pytest
 from absl import flags
@@ -90,7 +91,10 @@ def run_sft(root: str) -> None:
             cfg = _parse("sft.py", REPO / "configs" / "sft.py:smoke",
                          [f"--config.model.preset=tiny-{family}", f"--config.sft.method={method}",
                           "--config.sft.num_draws=2", "--config.num_steps=2", "--config.eval.num=4",
-                          "--config.eval.batch_size=4", "--config.gen_length=8", "--config.task.num_train=16"])
+                          "--config.eval.batch_size=4", "--config.gen_length=8", "--config.task.num_train=16",
+                          # Dream's semi-ar run starts with one update of ar rows (configs/sft.py:dream's stages).
+                          f"--config.sft.ar_steps={int((family, method) == ('dream', 'semi-ar'))}",
+                          "--config.log_every=1"])
             out[f"{family}/{method}"] = sft.train_and_evaluate(cfg, workdir=f"{root}/{family}/{method}")
     Path(root, "results.json").write_text(json.dumps(out))
 
@@ -179,6 +183,11 @@ def test_sft_methods_train_and_export_a_full_attention_model(sft_runs):
         assert records and all(math.isfinite(r["train/loss"]) for r in records), method
         exported = json.loads((Path(res["export_dir"]) / "model_config.json").read_text())
         assert exported["model_config"]["model_type"] == family, method
+        # Adam's update counts: Dream's semi-ar run (one ar update first) restarted its moments at update 1.
+        state = restore_item(root / method, 2, "train")
+        counts = {int(x) for p, x in jax.tree_util.tree_leaves_with_path(state["opt_state"])
+                  if jax.tree_util.keystr(p).endswith("['count']")}
+        assert int(state["step"]) == 2 and counts == {1 if (family, method) == ("dream", "semi-ar") else 2}, method
 
 
 # ---------------------------------------------------------------------------
@@ -334,9 +343,16 @@ def test_sft_rejects_methods_of_the_other_family():
             ("tiny-llada", dict(method="ar"), r"sft.method must be one of .* for a llada model"),
             ("tiny", dict(method="random_masking"), r"sft.method must be one of \('semi-ar', 'trace'\)"),
             ("tiny", dict(num_draws=3), r"sft.num_draws=3 applies to full-attention"),
-            ("tiny-dream", dict(ratio="block"), r"sft.ratio='block': full-attention semi-ar")):
+            ("tiny-dream", dict(ratio="block"), r"sft.ratio='block': full-attention semi-ar"),
+            ("tiny-llada", dict(ar_steps=2), r"sft.ar_steps=2 trains ar rows, which a llada model does not take"),
+            ("tiny-dream", dict(ar_steps=-1), r"sft.ar_steps must be an int in \[0, num_steps=\d+\]"),
+            ("tiny-dream", dict(ar_steps=10**6), r"sft.ar_steps must be an int in \[0, num_steps=\d+\]")):
         with pytest.raises(ValueError, match=message):
             sft.train_and_evaluate(cfg(preset, **fields), workdir="/nonexistent/never_created")
+    dream = sft_config("dream")
+    dream.sft.ar_steps = 200
+    assert [sft.method_at(dream, s) for s in (0, dream.sft.ar_steps - 1, dream.sft.ar_steps)] == ["ar", "ar",
+                                                                                          "semi-ar"]
     llada = sft_config("llada")
     assert llada.model.preset == "small-llada" and llada.export_hf and llada.sft.method == "semi-ar"
     assert llada.model.init == sft_config("dream").model.init == "shipped:arith_sft"  # the block model's weights
