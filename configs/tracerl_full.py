@@ -12,11 +12,13 @@ Configuration only, two commands (the second reads the first's export):
     python examples/tracerl.py --config=configs/tracerl_full.py --config.value.enabled=True
 
 Measured (docs/results.md, "Full-attention models"; experiments/full_attention.sh): the warm starts
-carry the shipped block model's weights into each layout and score 0.492 (LLaDA, 300 SFT updates) and
-0.387 (Dream, 1000 updates) on the 256 held-out problems. At this recipe's budget (30 steps x 16 prompts
-x 8 responses, the block recipe's rollouts per step) TraceRL took LLaDA to 0.672 and 0.691 (seeds 0, 1:
-+18.0, +19.1) and Dream to 0.508 in both seeds (+12.1, +12.9). At 8 prompts and 20 steps LLaDA gained
-+16.0 in seed 0 and lost 6.6 points in seed 1: 64 rollouts per step were too noisy for it.
+carry the shipped block model's weights into each layout; LLaDA's scores 0.492 on the 256 held-out
+problems after 300 SFT updates. At this recipe's budget (30 steps x 16 prompts x 8 responses, the block
+recipe's rollouts per step) TraceRL took LLaDA to 0.672 and 0.691 (seeds 0, 1: +18.0, +19.1), and
+Dream from the previous, semi-AR-only warm start (0.387) to 0.508 in both seeds (+12.1, +12.9). The
+current Dream warm start (next-token rows first) scores 0.633 on SFT's test problems; RL from it is not
+measured yet. At 8 prompts and 20 steps LLaDA gained +16.0 in seed 0 and lost 6.6 points in seed 1: 64
+rollouts per step were too noisy for it.
 
 Every field is that of configs/tracerl.py (documented there); the model's
 family (read from ``model.init``) selects the full-attention sampler (§2) and

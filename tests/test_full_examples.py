@@ -349,8 +349,8 @@ def test_sft_rejects_methods_of_the_other_family():
             ("tiny-dream", dict(ar_steps=10**6), r"sft.ar_steps must be an int in \[0, num_steps=\d+\]")):
         with pytest.raises(ValueError, match=message):
             sft.train_and_evaluate(cfg(preset, **fields), workdir="/nonexistent/never_created")
-    dream = sft_config("dream")
-    dream.sft.ar_steps = 200
+    dream = sft_config("dream")  # the warm start's two stages: ar rows, then semi-ar rows
+    assert dream.sft.ar_steps == 200 and dream.sft.method == "semi-ar" and sft_config("llada").sft.ar_steps == 0
     assert [sft.method_at(dream, s) for s in (0, dream.sft.ar_steps - 1, dream.sft.ar_steps)] == ["ar", "ar",
                                                                                           "semi-ar"]
     llada = sft_config("llada")
