@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 14 item 4: full-attention (LLaDA- and Dream-layout) small models that RL improves, by
 # configuration only. Each family: the warm start (configs/sft.py:<family>: the shipped block model's
-# weights carried into the layout, then full-attention semi-AR SFT), then configs/tracerl_full.py on it
+# weights carried into the layout, then full-attention semi-AR SFT; Dream learns its shift from next-token
+# rows first), then configs/tracerl_full.py on it
 # with TraceRL (shrink 4; seeds 0 and 1), random-masking RL, coupled RL and TraceRL + value model, all
 # at the recipe's budget (30 steps x 16 prompts x 8 responses), and the same runs at the first, smaller
 # budget (20 steps x 8 prompts, under $OUT/p8). Runs resume from their checkpoints.
