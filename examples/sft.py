@@ -91,6 +91,9 @@ def _validate(cfg: ml_collections.ConfigDict, family: Family) -> None:
     ar_steps = cfg.sft.get("ar_steps", 0)
     if isinstance(ar_steps, bool) or not isinstance(ar_steps, int) or not 0 <= ar_steps <= cfg.num_steps:
         raise ValueError(f"sft.ar_steps must be an int in [0, num_steps={cfg.num_steps}], got {ar_steps!r}")
+    if ar_steps and cfg.sft.method == "ar":
+        raise ValueError(f"sft.ar_steps={ar_steps} puts ar rows before sft.method's; sft.method='ar' has no "
+                         "second stage (leave ar_steps 0)")
     if ar_steps and "ar" not in family.sft_methods:
         raise ValueError(f"sft.ar_steps={ar_steps} trains ar rows, which a {family.name} model does not take "
                          f"(model.preset={cfg.model.preset!r}; Dream models only)")
@@ -176,9 +179,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
         it.restore(restored.meta["data"])
         start = restored.step
         say(f"resumed from step {start} ({workdir / 'checkpoints'})")
-    method = cfg.sft.method
-    if cfg.sft.get("ar_steps", 0):
-        method = f"ar for {cfg.sft.ar_steps} updates, then {method}"
+    ar_steps = cfg.sft.get("ar_steps", 0)
+    method = f"ar for {ar_steps} updates, then {cfg.sft.method}" if ar_steps else cfg.sft.method
     say(f"SFT {method} on {cfg.task.name} {_common.task_knobs(cfg.task)}: {len(pairs.kept)} pairs, "
         f"L0={L0} L1={L1}, model {cfg.model.preset} ({family.name}, {_common.num_params(state.params) / 1e6:.2f}M params), "
         f"{cfg.num_steps} steps of {cfg.batch_size}")
@@ -205,7 +207,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | None = Non
     bar = tqdm(range(start, last), initial=start, total=last, desc="sft",
                disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
-        if step == cfg.sft.get("ar_steps", 0) > 0:
+        if step == ar_steps > 0:
             # The ar rows' late gradients are small; Adam moments kept from them would scale the first
             # updates of the new rows far up, so the second stage starts with fresh moments.
             state = state._replace(opt_state=optimizer.init(state.params))

@@ -346,6 +346,7 @@ def test_sft_rejects_methods_of_the_other_family():
             ("tiny-dream", dict(ratio="block"), r"sft.ratio='block': full-attention semi-ar"),
             ("tiny-llada", dict(ar_steps=2), r"sft.ar_steps=2 trains ar rows, which a llada model does not take"),
             ("tiny-dream", dict(ar_steps=-1), r"sft.ar_steps must be an int in \[0, num_steps=\d+\]"),
+            ("tiny-dream", dict(method="ar", ar_steps=1), r"sft.method='ar' has no second stage"),
             ("tiny-dream", dict(ar_steps=10**6), r"sft.ar_steps must be an int in \[0, num_steps=\d+\]")):
         with pytest.raises(ValueError, match=message):
             sft.train_and_evaluate(cfg(preset, **fields), workdir="/nonexistent/never_created")

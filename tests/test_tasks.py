@@ -303,7 +303,6 @@ def test_generation_is_process_independent():
         e.question for e in tasks.get_task("countdown").generate("train", 5, seed=9)]
 
 
-
 @pytest.mark.parametrize("recipe", ["tracerl_sudoku4", "tracerl_countdown", "tracerl_codefn"])
 def test_task_recipes_fit_their_task(recipe):
     """The RL recipe and its SFT variant train one task, and their lengths hold every prompt and answer of it."""
