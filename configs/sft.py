@@ -84,7 +84,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 1e-3  # peak AdamW learning rate
     c.optimizer.schedule = "cosine"  # constant | cosine
-    c.optimizer.warmup = 100  # linear warm-up updates (cosine)
+    c.optimizer.warmup = 100  # linear warm-up updates
     c.optimizer.min_lr_scale = 0.1  # final lr / peak lr (cosine)
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.98
@@ -161,6 +161,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.num_steps = 300
         c.optimizer.learning_rate = 3e-4
         c.optimizer.schedule = "constant"
+        c.optimizer.warmup = 0
         c.eval.every = 50
         if variant == "dream":
             # Dream's logits at i score token i+1 (§2.4), so every prediction the block model learned sits

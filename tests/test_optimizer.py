@@ -15,7 +15,7 @@ def _reference_learning_rate(cfg, update, updates_this_rl_step=1, update_in_rl_s
     """The hand-written formulas ``learning_rate`` used before it was built from optax schedules."""
     lr = cfg.learning_rate
     if cfg.schedule == "constant":
-        return lr
+        return lr * (update + 1) / (cfg.warmup + 1) if update < cfg.warmup else lr
     if cfg.schedule == "cosine":
         if update < cfg.warmup:
             return lr * (update + 1) / (cfg.warmup + 1)
@@ -38,6 +38,23 @@ def test_constant_schedule_matches_reference(lr):
     cfg = OptimizerConfig(learning_rate=lr)
     for update in range(0, 300, 7):
         _assert_same(learning_rate(cfg, update, 5, update % 5), _reference_learning_rate(cfg, update), lr)
+
+
+@pytest.mark.parametrize("warmup", [1, 4, 30])
+def test_constant_with_warmup_matches_reference(warmup):
+    lr = 3e-5
+    cfg = OptimizerConfig(learning_rate=lr, warmup=warmup)
+    for update in range(0, warmup + 20):
+        _assert_same(learning_rate(cfg, update), _reference_learning_rate(cfg, update), lr)
+    assert learning_rate(cfg, 0) == pytest.approx(lr / (warmup + 1), rel=1e-12)
+    assert learning_rate(cfg, warmup) == pytest.approx(lr, rel=1e-12)
+
+
+def test_warmup_is_rejected_for_the_saw_tooth():
+    with pytest.raises(ValueError, match="warmup"):
+        OptimizerConfig(learning_rate=1e-6, schedule="cosine_per_rl_step", warmup=3)
+    with pytest.raises(ValueError, match="warmup"):
+        OptimizerConfig(learning_rate=1e-6, warmup=-1)
 
 
 @pytest.mark.parametrize("warmup, total, scale", [(0, 1, 0.0), (0, 50, 0.1), (5, 40, 0.0), (10, 10, 0.3),

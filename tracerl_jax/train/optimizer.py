@@ -10,7 +10,7 @@ RL step and ignores ``min_lr_scale``, so the rate is a half-cosine saw-tooth
 that decays to ~0 inside every RL step. Here:
 
 * ``constant``: ``lr`` (what ``min_lr_scale: 1.0`` in the reference configs
-  probably meant; our default).
+  probably meant; our default), after ``warmup`` linear steps if any.
 * ``cosine``: one global cosine from ``lr`` to ``lr * min_lr_scale`` over
   ``total_updates`` after ``warmup`` linear steps (``min_lr_scale`` honoured).
 * ``cosine_per_rl_step``: the reference saw-tooth, restarted every RL step
@@ -38,7 +38,11 @@ class OptimizerConfig:
     Attributes:
       learning_rate: peak learning rate.
       schedule: one of :data:`SCHEDULES`.
-      warmup: linear warm-up updates (``cosine`` only).
+      warmup: linear warm-up updates (``constant`` and ``cosine``): update ``u``
+        runs at ``lr * (u + 1) / (warmup + 1)`` until ``u = warmup``. Adam's
+        first updates move every weight by about ``lr`` whatever its
+        gradient's size; a short ramp keeps them from jolting a sharp
+        warm start.
       min_lr_scale: final fraction of ``learning_rate`` (``cosine`` only).
       total_updates: horizon of ``cosine``.
       b1, b2, eps, weight_decay: AdamW.
@@ -69,6 +73,8 @@ class OptimizerConfig:
             raise ValueError(f"min_lr_scale must be in [0, 1], got {self.min_lr_scale}")
         if self.total_updates < 1 or self.warmup < 0:
             raise ValueError("total_updates must be >= 1 and warmup >= 0")
+        if self.warmup and self.schedule == "cosine_per_rl_step":
+            raise ValueError("warmup is not defined for the cosine_per_rl_step saw-tooth (it restarts every RL step)")
         if self.state_dtype is not None:
             from tracerl_jax.models.config import canonical_dtype
 
@@ -120,18 +126,19 @@ def make_schedule(cfg: OptimizerConfig, updates_this_rl_step: int = 1) -> optax.
       ``cosine``, the update index inside the RL step for ``cosine_per_rl_step``.
     """
     lr = cfg.learning_rate
-    if cfg.schedule == "constant":
-        return optax.constant_schedule(lr)
     if cfg.schedule == "cosine_per_rl_step":
         return optax.cosine_decay_schedule(lr, decay_steps=max(updates_this_rl_step, 1))
-    decay = optax.cosine_decay_schedule(lr, decay_steps=max(cfg.total_updates - cfg.warmup, 1),
-                                        alpha=cfg.min_lr_scale)
+    if cfg.schedule == "constant":
+        after = optax.constant_schedule(lr)
+    else:
+        after = optax.cosine_decay_schedule(lr, decay_steps=max(cfg.total_updates - cfg.warmup, 1),
+                                            alpha=cfg.min_lr_scale)
     if cfg.warmup == 0:
-        return decay
+        return after
     # Not warmup_cosine_decay_schedule: its alpha is end/peak (0/0 at lr=0). The ramp
-    # lr*(u+1)/(warmup+1) reaches lr at u = warmup, where the cosine starts.
+    # lr*(u+1)/(warmup+1) reaches lr at u = warmup, where the constant or the cosine starts.
     ramp = optax.linear_schedule(lr / (cfg.warmup + 1), lr, transition_steps=cfg.warmup)
-    return optax.join_schedules([ramp, decay], [cfg.warmup])
+    return optax.join_schedules([ramp, after], [cfg.warmup])
 
 
 def learning_rate(cfg: OptimizerConfig, update: int, updates_this_rl_step: int = 1,
