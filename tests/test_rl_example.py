@@ -160,6 +160,23 @@ def test_variant_recipe_smoke(run_env, tmp_path, config, value):
         assert json.loads((tmp_path / "export_value" / "model_config.json").read_text())["value_model"]
 
 
+def test_rl_schedule_is_clocked_by_the_rl_step(run_env, tmp_path):
+    # Updates per RL step vary with filtering, so rl.total_steps is the cosine's horizon and every update
+    # of RL step k runs at the rate of k (warm-up included).
+    from tracerl_jax.train.optimizer import OptimizerConfig, learning_rate
+
+    run_example(run_env, tmp_path, "--config.rl.total_steps=4", "--config.rl.schedule=cosine", "--config.rl.warmup=1",
+                "--config.rl.min_lr_scale=0.5", "--config.rl.learning_rate=1e-4", "--config.eval.every=4",
+                "--config.rl.batch_rows=2", "--config.rollout.group_filter=none", REWARD)
+    want = OptimizerConfig(learning_rate=1e-4, schedule="cosine", warmup=1, min_lr_scale=0.5, total_updates=4)
+    records = read_metrics(tmp_path)[1:]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["updates"] >= 2 for r in records)   # several updates per step share the step's rate
+    np.testing.assert_allclose([r["policy/lr"] for r in records], [learning_rate(want, k) for k in range(4)],
+                               rtol=1e-6)
+    assert records[0]["policy/lr"] == pytest.approx(5e-5, rel=1e-6)   # warm-up: lr / 2 at step 0
+
+
 # ---------------------------------------------------------------------------
 # Resume: killed or preempted runs continue bit-exactly
 # ---------------------------------------------------------------------------

@@ -84,7 +84,9 @@ def rl_step(run: Run, step: int) -> dict:
     ref = {} if run.reference_params is None else {"logp_ref": run.policy.score(run.reference_params, batches)}
     metrics = []
     for i in range(batches.count):
-        lr = learning_rate(run.opt_cfg, int(run.policy.state.step), batches.count, i)
+        # The schedule's clock is the RL step (0-based): the updates a step runs vary with filtering,
+        # so rl.total_steps is the only horizon known in advance (the saw-tooth uses i instead).
+        lr = learning_rate(run.opt_cfg, step - 1, batches.count, i)
         update = pipeline.take_batch(batches, i, L1_ref, logp_old=logp_old, advantages=adv, **ref)
         run.policy.state, m = run.policy.step(run.policy.state, update, lr)
         metrics.append(m)

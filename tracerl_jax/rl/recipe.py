@@ -120,8 +120,10 @@ def get_config() -> ml_collections.ConfigDict:
                                     # full attention draws one ratio per row (None or row)
     c.rl.num_draws = 1              # baselines, full attention: rows per response (§9.2 mask_times_per_sample: 35)
     c.rl.learning_rate = 3e-5       # policy LR (1e-4+ destabilises the 4.8M CPU model; the reference uses 1e-6 for 4B/8B)
-    c.rl.schedule = "constant"      # constant | cosine | cosine_per_rl_step [REF saw-tooth]
-    c.rl.warmup = 0                 # linear warm-up over the first optimizer updates (constant | cosine)
+    c.rl.schedule = "constant"      # constant | cosine (over the RL steps) | cosine_per_rl_step [REF saw-tooth]
+    c.rl.warmup = 0                 # RL steps of linear warm-up (constant | cosine): step k < warmup runs at
+                                    # lr * (k + 1) / (warmup + 1)
+    c.rl.min_lr_scale = 0.1         # cosine: final lr / peak lr, reached at rl.total_steps
     c.rl.max_grad_norm = 1.0
     c.rl.opt_state_dtype = "float32"  # AdamW moments (float32 | bfloat16); float32 with bf16 params = mixed precision
 

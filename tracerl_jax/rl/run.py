@@ -209,9 +209,10 @@ def build_run(cfg, *, score_fn: Optional[Callable] = None) -> Run:
         return global_sampler(family.make_sampler(rollout_graphdef, rollout_config, scfg, engine), mesh)
 
     c = cfg.rl
+    # total_updates counts RL steps: rl.loop clocks the schedule by the RL step.
     opt_cfg = OptimizerConfig(learning_rate=c.learning_rate, schedule=c.schedule, warmup=c.get("warmup", 0),
-                              max_grad_norm=c.max_grad_norm, total_updates=max(c.total_steps, 1),
-                              state_dtype=c.get("opt_state_dtype"))
+                              min_lr_scale=c.get("min_lr_scale", 1.0), max_grad_norm=c.max_grad_norm,
+                              total_updates=max(c.total_steps, 1), state_dtype=c.get("opt_state_dtype"))
     opt = make_optimizer(opt_cfg)
     loss_cfg = rl_config.policy_loss_config(cfg, family)
     policy = _train_model(graphdef, params, opt, mesh,
