@@ -5,7 +5,7 @@ Configuration only, two commands (the second reads the first's export):
     python examples/sft.py --config=configs/sft.py:llada          # warm start -> runs/sft_llada/export
     python examples/tracerl.py --config=configs/tracerl_full.py   # TraceRL from it
     # Dream layout (logit shift, q/k/v biases, forced first token, early stop):
-    python examples/sft.py --config=configs/sft.py:dream
+    python examples/sft.py --config=configs/sft.py:dream_semiar   # -> runs/sft_dream_semiar/export
     python examples/tracerl.py --config=configs/tracerl_full.py:dream
     # baselines and the value model, as for block models:
     python examples/tracerl.py --config=configs/tracerl_full.py --config.rl.method=coupled
@@ -15,10 +15,12 @@ Measured (docs/results.md, "Full-attention models"; experiments/full_attention.s
 carry the shipped block model's weights into each layout; LLaDA's scores 0.492 on the 256 held-out
 problems after 300 SFT updates. At this recipe's budget (30 steps x 16 prompts x 8 responses, the block
 recipe's rollouts per step) TraceRL took LLaDA to 0.672 and 0.691 (seeds 0, 1: +18.0, +19.1), and
-Dream from the previous, semi-AR-only warm start (0.387) to 0.508 in both seeds (+12.1, +12.9). The
-current Dream warm start (next-token rows first) scores 0.633 on SFT's test problems; RL from it is not
-measured yet. At 8 prompts and 20 steps LLaDA gained +16.0 in seed 0 and lost 6.6 points in seed 1: 64
-rollouts per step were too noisy for it.
+Dream from its semi-AR warm start (configs/sft.py:dream_semiar, about 30 CPU minutes) by +12.1 and
++12.9 (one export) and +11.3 and +9.8 (a re-run of it: 0.438 -> 0.551, 0.422 -> 0.520). The stronger
+two-stage Dream start (configs/sft.py:dream: next-token rows first, 0.62 in 11 CPU minutes) is not
+what this recipe improves: 30 steps at lr 1e-5 added 2.4 and 2.3 points and lr 3e-5 lost points in the
+first 10 steps, with or without a warm-up. At 8 prompts and 20 steps LLaDA gained +16.0 in seed 0 and
+lost 6.6 points in seed 1: 64 rollouts per step were too noisy for it.
 
 Every field is that of configs/tracerl.py (documented there); the model's
 family (read from ``model.init``) selects the full-attention sampler (§2) and
@@ -39,7 +41,8 @@ def get_config(family: str = "llada"):
         raise ValueError(f"unknown variant {family!r}; expected one of {FAMILIES}")
     c = tracerl.get_config()
     c.workdir = f"runs/tracerl_{family}"
-    c.model.init = f"runs/sft_{family}/export"   # examples/sft.py --config=configs/sft.py:<family>
+    # examples/sft.py --config=configs/sft.py:llada | :dream_semiar (the Dream start this recipe improves)
+    c.model.init = "runs/sft_llada/export" if family == "llada" else "runs/sft_dream_semiar/export"
     c.rollout.num_prompts = 16                   # num_task_per_step (reference 32); 8 was too noisy here
     c.rollout.k = 8                              # num_response_per_task (reference 8)
     c.rollout.block_size = 4                     # semi-AR block (reference 32)

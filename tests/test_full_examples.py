@@ -290,8 +290,12 @@ def test_rl_config_rejects_settings_of_the_other_family(tmp_path):
         specs.policy_family(missing.model.init)
     assert specs.policy_family(cfg(model__init="random:small-dream").model.init) == "dream"
     assert specs.policy_family(cfg().model.init) == "sdar"   # shipped:arith_sft
-    full = tracerl_full.get_config("dream")
-    assert full.model.init == "runs/sft_dream/export" and full.rollout.strategy == "low_confidence_static"
+    # Each RL recipe reads the export of the SFT variant documented as its warm start.
+    from configs import sft as sft_configs
+    for family, start in (("llada", "llada"), ("dream", "dream_semiar")):
+        full = tracerl_full.get_config(family)
+        assert full.model.init == f"{sft_configs.get_config(start).workdir}/export"
+        assert full.rollout.strategy == "low_confidence_static"
 
 
 def test_full_attention_policy_loss_is_the_reference_one():
