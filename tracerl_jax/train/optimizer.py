@@ -38,13 +38,14 @@ class OptimizerConfig:
     Attributes:
       learning_rate: peak learning rate.
       schedule: one of :data:`SCHEDULES`.
-      warmup: linear warm-up updates (``constant`` and ``cosine``): update ``u``
-        runs at ``lr * (u + 1) / (warmup + 1)`` until ``u = warmup``. Adam's
-        first updates move every weight by about ``lr`` whatever its
-        gradient's size; a short ramp keeps them from jolting a sharp
-        warm start.
+      warmup: linear warm-up ticks of the schedule's clock (``constant`` and
+        ``cosine``): tick ``u`` runs at ``lr * (u + 1) / (warmup + 1)`` until
+        ``u = warmup``. Adam's first updates move every weight by about
+        ``lr`` whatever its gradient's size; a ramp keeps them from jolting
+        a sharp warm start.
       min_lr_scale: final fraction of ``learning_rate`` (``cosine`` only).
-      total_updates: horizon of ``cosine``.
+      total_updates: horizon of ``cosine``, in ticks of the schedule's clock
+        (updates in SFT, RL steps in RL: see :func:`learning_rate`).
       b1, b2, eps, weight_decay: AdamW.
       max_grad_norm: global-norm clip (``None`` disables).
       state_dtype: dtype of Adam's first moment (``None``: the parameters'
@@ -147,7 +148,9 @@ def learning_rate(cfg: OptimizerConfig, update: int, updates_this_rl_step: int =
 
     Args:
       cfg: optimizer settings.
-      update: global update index (0-based), used by ``cosine``.
+      update: the schedule's clock (0-based), used by ``constant`` and
+        ``cosine``: the update index in SFT, the RL step in RL (whose updates
+        per step vary, so only the step count is known in advance).
       updates_this_rl_step: the current RL step's horizon, used by
         ``cosine_per_rl_step`` (the reference uses ``ceil(rows / global
         batch) * epochs + 1``).
