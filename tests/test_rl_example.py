@@ -274,6 +274,12 @@ def test_bad_config_is_a_clear_value_error():
         setup.check_config(cfg(rollout__k=0))
     with pytest.raises(ValueError, match="rl.method must be one of"):
         setup.check_config(cfg(rl__method="grpo"))
+    with pytest.raises(ValueError, match=r"rl.warmup must be an int >= 0"):
+        setup.check_config(cfg(rl__warmup=-1))
+    with pytest.raises(ValueError, match=r"rl.warmup is not defined for rl.schedule='cosine_per_rl_step'"):
+        setup.check_config(cfg(rl__warmup=2, rl__schedule="cosine_per_rl_step"))
+    with pytest.raises(ValueError, match=r"rl.min_lr_scale must be in \[0, 1\]"):
+        setup.check_config(cfg(rl__min_lr_scale=1.5))
     with pytest.raises(ValueError, match="multiples of rollout.block_size"):
         setup.check_config(cfg(rollout__gen_length=30))
     with pytest.raises(ValueError, match="value model supports rl.method='TraceRL' only"):

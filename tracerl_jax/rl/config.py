@@ -167,6 +167,13 @@ def check_config(cfg, *, family: Family | str = "sdar", process_count: int = 1, 
                     ("checkpoint.every", cfg.checkpoint.every), ("task.num_train", cfg.task.num_train)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    warmup = c.get("warmup", 0)
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"rl.warmup must be an int >= 0 (RL steps), got {warmup!r}")
+    if warmup and c.schedule == "cosine_per_rl_step":
+        raise ValueError("rl.warmup is not defined for rl.schedule='cosine_per_rl_step' (it restarts every RL step)")
+    if not 0.0 <= c.get("min_lr_scale", 1.0) <= 1.0:
+        raise ValueError(f"rl.min_lr_scale must be in [0, 1], got {c.min_lr_scale!r}")
     if c.total_steps < 0 or cfg.task.num_eval < 0:
         raise ValueError(f"rl.total_steps and task.num_eval must be >= 0, got {c.total_steps}, {cfg.task.num_eval}")
     if r.gen_length % r.block_size or cfg.prompt_len % r.block_size:
