@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Config files import their base recipe as ``from configs import ...`` (sft.py:codefn), which needs the
+# repository root on the path whatever the working directory.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
