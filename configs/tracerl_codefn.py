@@ -5,10 +5,10 @@ f(2) = 5, f(4) = 9.``); the response boxes its return expression (``\\boxed{2*x+
 the reward is 1 iff that runs through every hidden test in the library's sandbox
 (tracerl_jax.tasks.codefn). The warm start is not shipped: make it first,
 
-    python examples/sft.py --config=configs/sft.py:codefn --config.model.preset=small
+    python examples/sft.py --config=configs/sft.py:codefn
 
-which exports to runs/sft_codefn/export (pass --config.stop_at=N to leave RL room, as
-configs/tracerl_sudoku4.py does). Then
+(the small model from the shipped block model's weights, stopped at update 600 of 1500 to leave
+RL room), which exports to runs/sft_codefn/export. Then
 
     python examples/tracerl.py --config=configs/tracerl_codefn.py
 
