@@ -96,6 +96,10 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.data.name = data_name
         c.data.knobs = ml_collections.ConfigDict()
         c.sampler.gen_length = 48
+    elif data_name == "codefn":  # the task's default knobs, as configs/tracerl_codefn.py trains
+        c.data.name = data_name
+        c.data.knobs = ml_collections.ConfigDict()
+        c.sampler.gen_length = 16
     elif data_name in ("math500", "gsm8k"):
         c.checkpoint = ""  # required: a TraDo/SDAR HF directory or an export
         c.data.name = data_name
@@ -115,8 +119,8 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.output_dir = "/tmp/tracerl_jax_evaluate_smoke"
         c.progress = False
     else:
-        raise ValueError(f"unknown data variant {data_name!r}; expected arithmetic, sudoku4, countdown, math500, "
-                         "gsm8k or smoke")
+        raise ValueError(f"unknown data variant {data_name!r}; expected arithmetic, sudoku4, countdown, codefn, "
+                         "math500, gsm8k or smoke")
     for mod in mods:
         if mod == "static":  # the reference's second evaluation pair
             c.sampler.strategy = "low_confidence_static"

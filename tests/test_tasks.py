@@ -305,10 +305,10 @@ def test_generation_is_process_independent():
 
 @pytest.mark.parametrize("recipe", ["tracerl_sudoku4", "tracerl_countdown", "tracerl_codefn"])
 def test_task_recipes_fit_their_task(recipe):
-    """The RL recipe and its SFT variant train one task, and their lengths hold every prompt and answer of it."""
+    """The RL recipe, its SFT variant and the evaluation variant share one task, and their lengths hold every prompt and answer of it."""
     import importlib
 
-    from configs import sft
+    from configs import evaluate, sft
     from tracerl_jax.rl.config import check_config
     from tracerl_jax.tokenizers import load_tokenizer
 
@@ -317,6 +317,9 @@ def test_task_recipes_fit_their_task(recipe):
     s = sft.get_config(cfg.task.name)
     task = tasks.get_task(cfg.task.name, **cfg.task.knobs.to_dict())
     assert tasks.get_task(s.task.name, **s.task.knobs.to_dict()) == task
+    e = evaluate.get_config(cfg.task.name)  # examples/evaluate.py's variant scores the same task
+    assert tasks.get_task(e.data.name, **e.data.knobs.to_dict()) == task
+    assert e.sampler.gen_length >= cfg.rollout.gen_length
     tok = load_tokenizer(cfg.tokenizer)
     exs = task.generate("train", 2000, seed=0) + task.generate("test", 500, seed=1)
     prompts = [tok.encode(tok.chat_prompt(e.question)) for e in exs]
