@@ -29,8 +29,26 @@ def load(run: Path) -> dict:
     steps = sorted({int(r["step"]) for r in rows if "reward" in r})
     reward = {int(r["step"]): float(r["reward"]) for r in rows if "reward" in r}
     times = [float(r["time_step"]) for r in rows if "time_step" in r][1:]  # step 1 includes compilation
+    step_rows = {int(r["step"]): r for r in rows if "reward" in r}  # the last entry of a step wins
     return dict(name=run.name, acc=acc, reward=[reward[s] for s in steps], steps=steps,
-                step_seconds=float(np.median(times)) if times else float("nan"))
+                step_seconds=float(np.median(times)) if times else float("nan"),
+                step_rows=[step_rows[s] for s in steps])
+
+
+def spread(r: dict) -> dict:
+    """The update's spread over a run's steps, and the reward's (the sandbox's) share of each step.
+
+    Steps whose groups were all filtered out train nothing and carry no update metrics; they are skipped.
+    """
+    upd = [m for m in r["step_rows"] if "policy/grad_norm" in m]
+    col = lambda k: np.array([float(m[k]) for m in upd]) if upd and k in upd[0] else np.array([np.nan])  # noqa: E731
+    g, ratio = col("policy/grad_norm"), col("policy/ratio_max") - col("policy/ratio_min")
+    timed = [m for m in r["step_rows"] if "time_reward" in m and "time_step" in m]
+    share = (sum(float(m["time_reward"]) for m in timed) / sum(float(m["time_step"]) for m in timed)
+             if timed else float("nan"))
+    per_s = float(np.median([float(m["reward_responses_per_s"]) for m in timed])) if timed else float("nan")
+    return dict(updated=len(upd), grad=(g.mean(), g.max()), ratio=(ratio.mean(), ratio.max()),
+                adv_std=col("policy/advantage_std").mean(), reward_share=share, responses_per_s=per_s)
 
 
 def group_name(name: str) -> str:
@@ -62,6 +80,15 @@ def main():
     lines.append("")
     for r in runs:
         lines.append(f"- `{r['name']}`: " + ", ".join(f"{s}: {a:.3f}" for s, a in sorted(r["acc"].items())))
+    lines += ["", "Per run, the update's spread over its steps (steps with no kept group train nothing and are left "
+              "out) and the reward's share of the step time (the sandbox, for a code task):", "",
+              "| run | steps updated | grad norm mean / max | ratio range mean / max | advantage std | "
+              "reward share of step | responses scored / s (median) |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        sp = spread(r)
+        lines.append(f"| `{r['name']}` | {sp['updated']} | {sp['grad'][0]:.2f} / {sp['grad'][1]:.2f} | "
+                     f"{sp['ratio'][0]:.2f} / {sp['ratio'][1]:.2f} | {sp['adv_std']:.2f} | "
+                     f"{100 * sp['reward_share']:.1f}% | {sp['responses_per_s']:.0f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
