@@ -5,22 +5,44 @@
 #   countdown  three numbers <= 25 and + - * / to reach a target <= 100 (configs/tracerl_countdown.py, 30 steps)
 # Each: a block-SFT warm start of the small model from the shipped block model's weights (arith_sft: it
 # knows the tokenizer, the answer box and sums), 1500-update cosine schedule stopped at update STOP_AT (600)
-# to leave RL room, then TraceRL at
-# two seeds and the baselines at one, 16 prompts x 8 responses per step. The sandbox's throughput inside the
-# loop is in each codefn run's metrics.jsonl: reward_responses_per_s and time_reward (its seconds per step)
-# against time_step. TASKS="codefn" runs one of them; runs resume from their checkpoints.
+# to leave RL room, then TraceRL, 16 prompts x 8 responses per step. The sandbox's throughput inside the
+# loop is in each codefn run's metrics.jsonl (reward_responses_per_s, time_reward against time_step);
+# summarize.py's second table has its share of the step. Runs resume from their checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for task in ${TASKS:-codefn countdown}; do
-  out=${OUT:-runs}/results_$task
+OUT=${OUT:-runs}
+sft() { task=$1; dir=$2; shift 2
   python examples/sft.py --config=configs/sft.py:$task --config.model.preset=small --config.model.init=shipped:arith_sft \
       --config.num_steps=1500 --config.stop_at="${STOP_AT:-600}" --config.eval.every=50 --config.checkpoint_every=100 \
-      --config.max_to_keep=10 --workdir=runs/sft_$task
-  # the recipes' model.init is runs/sft_$task/export
-  rl() { name=$1; shift; python examples/tracerl.py --config=configs/tracerl_$task.py "$@" --config.workdir="$out/$name"; }
-  rl tracerl_s0 --config.seed=0
-  rl tracerl_s1 --config.seed=1
-  rl random_masking_s0 --config.seed=0 --config.rl.method=random_masking
-  rl coupled_s0 --config.seed=0 --config.rl.method=coupled
-  python experiments/summarize.py --out docs/results/$task "$out"/tracerl_s{0,1} "$out"/random_masking_s0 "$out"/coupled_s0
+      --config.max_to_keep=10 "$@" --workdir="$dir"; }
+rl() { task=$1; dir=$2; shift 2; python examples/tracerl.py --config=configs/tracerl_$task.py "$@" --config.workdir="$dir"; }
+
+# codefn, the task's five templates (the recipe): TraceRL at two seeds and at lr 1e-4.
+out=$OUT/results_codefn
+sft codefn "$OUT/sft_codefn"
+rl codefn "$out/tracerl_s0" --config.model.init="$OUT/sft_codefn/export" --config.seed=0
+rl codefn "$out/tracerl_s1" --config.model.init="$OUT/sft_codefn/export" --config.seed=1
+rl codefn "$out/tracerl_lr1e-4_s0" --config.model.init="$OUT/sft_codefn/export" --config.rl.learning_rate=1e-4
+# The three templates the warm start half-solves (linear, mod, minmax: no pair, no quadratic), SFT and RL.
+K=--config.task.knobs.templates=linear,mod,minmax
+sft codefn "$OUT/sft_codefn_lmm" "$K"
+for seed in 0 1; do
+  rl codefn "$out/lmm_tracerl_s$seed" "$K" --config.model.init="$OUT/sft_codefn_lmm/export" --config.seed=$seed
 done
+# Seen against unseen functions: greedy accuracy of the start and of the RL model on 256 problems of the
+# train split (functions RL trained on) and of the test split (the held-out functions).
+for ckpt in "$OUT/sft_codefn_lmm/export" "$out/lmm_tracerl_s0/export"; do
+  for split in train test; do
+    echo "$ckpt $split: $(python examples/evaluate.py --config=configs/evaluate.py:codefn --config.checkpoint="$ckpt" \
+        --config.data.knobs.templates=linear,mod,minmax --config.data.split=$split --config.data.seed=1 \
+        --config.sampler.strategy=low_confidence_static --config.sampler.temperature=0 --config.num_samples=1 \
+        --config.output_dir=/tmp/codefn_eval | grep '\] accuracy')"
+  done
+done
+python experiments/summarize.py --out docs/results/codefn "$out"/tracerl_s{0,1} "$out"/tracerl_lr1e-4_s0 "$out"/lmm_tracerl_s{0,1}
+
+# countdown
+out=$OUT/results_countdown
+sft countdown "$OUT/sft_countdown"
+rl countdown "$out/tracerl_s0" --config.model.init="$OUT/sft_countdown/export" --config.seed=0
+python experiments/summarize.py --out docs/results/countdown "$out"/tracerl_s0
