@@ -134,6 +134,14 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.task.name = "countdown"
         c.task.knobs = ml_collections.ConfigDict()
         c.gen_length = 48
+        # configs/tracerl_countdown.py's warm start, as measured in docs/results.md: the small model from the
+        # shipped block model's weights, the 1500-update cosine stopped at update 600 (held-out 0.22).
+        c.model.preset = "small"
+        c.model.init = "shipped:arith_sft"
+        c.stop_at = 600
+        c.eval.every = 100
+        c.checkpoint_every = 100
+        c.max_to_keep = 10
     elif variant == "codefn":
         # Small functions from three examples; the target is "\boxed{<return expression>}" (<= 12
         # tokens), the knobs those of configs/tracerl_codefn.py.

@@ -6,10 +6,10 @@ expression (``21-1=20, 20+11=31. \\boxed{21-1+11}``), and the reward is 1 iff th
 parses (``ast``, integer literals and ``+ - * /`` only), uses exactly those numbers and equals the target
 (tracerl_jax.tasks.countdown). The warm start is not shipped: make it first,
 
-    python examples/sft.py --config=configs/sft.py:countdown --config.model.preset=small
+    python examples/sft.py --config=configs/sft.py:countdown
 
-which exports to runs/sft_countdown/export (pass --config.stop_at=N to leave RL room, as
-configs/tracerl_sudoku4.py does). Then
+(the small model from the shipped block model's weights, stopped at update 600 of 1500 to leave
+RL room), which exports to runs/sft_countdown/export. Then
 
     python examples/tracerl.py --config=configs/tracerl_countdown.py
 

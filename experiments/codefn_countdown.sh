@@ -43,6 +43,6 @@ python experiments/summarize.py --out docs/results/codefn "$out"/tracerl_s{0,1} 
 
 # countdown
 out=$OUT/results_countdown
-sft countdown "$OUT/sft_countdown"
+sft countdown "$OUT/sft_countdown" --config.eval.every=100
 rl countdown "$out/tracerl_s0" --config.model.init="$OUT/sft_countdown/export" --config.seed=0
 python experiments/summarize.py --out docs/results/countdown "$out"/tracerl_s0
