@@ -19,6 +19,20 @@ import ml_collections
 from ml_collections import config_dict
 
 
+def _from_arith_sft(c: ml_collections.ConfigDict, eval_every: int) -> None:
+    """The countdown / codefn warm starts: the small model from the shipped block model's weights.
+
+    That model already writes "\\boxed{...}" and sums with this tokenizer. The 1500-update cosine stops at
+    update 600, leaving RL room; checkpoints every 100 updates, so an earlier one can be exported too.
+    """
+    c.model.preset = "small"
+    c.model.init = "shipped:arith_sft"
+    c.stop_at = 600
+    c.eval.every = eval_every
+    c.checkpoint_every = 100
+    c.max_to_keep = 10
+
+
 def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # init, row masks and data order all derive from it
@@ -134,14 +148,8 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.task.name = "countdown"
         c.task.knobs = ml_collections.ConfigDict()
         c.gen_length = 48
-        # configs/tracerl_countdown.py's warm start, as measured in docs/results.md: the small model from the
-        # shipped block model's weights, the 1500-update cosine stopped at update 600 (held-out 0.22).
-        c.model.preset = "small"
-        c.model.init = "shipped:arith_sft"
-        c.stop_at = 600
-        c.eval.every = 100
-        c.checkpoint_every = 100
-        c.max_to_keep = 10
+        # configs/tracerl_countdown.py's warm start, as measured in docs/results.md (held-out 0.22).
+        _from_arith_sft(c, eval_every=100)
     elif variant == "codefn":
         # Small functions from three examples; the target is "\boxed{<return expression>}" (<= 12
         # tokens), the knobs those of configs/tracerl_codefn.py.
@@ -150,15 +158,9 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.task.name = "codefn"
         c.task.knobs = ml_collections.ConfigDict(CODEFN_KNOBS)
         c.gen_length = 16
-        # configs/tracerl_codefn.py's warm start: the shipped block model already writes "\boxed{...}" and
-        # sums with this tokenizer. The held-out pass rate is 0.02 at update 300 and about 0.1 from 400
-        # (docs/results.md), so the 1500-update cosine schedule stops at update 600, leaving RL room.
-        c.model.preset = "small"
-        c.model.init = "shipped:arith_sft"
-        c.stop_at = 600
-        c.eval.every = 50
-        c.checkpoint_every = 100
-        c.max_to_keep = 10
+        # configs/tracerl_codefn.py's warm start. The held-out pass rate is 0.02 at update 300 and about 0.1
+        # from 400 (docs/results.md).
+        _from_arith_sft(c, eval_every=50)
     elif variant in ("llada", "dream", "dream_semiar"):
         # configs/tracerl_full.py's warm start (its default model.init): the shipped block model's weights
         # carried into the LLaDA / Dream layout (models/transfer.py: the q/k norms dropped, Dream's biases at
