@@ -92,16 +92,12 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
 
     if data_name == "arithmetic":
         pass
-    elif data_name in ("sudoku4", "countdown"):
-        c.data.name = data_name
-        c.data.knobs = ml_collections.ConfigDict()
-        c.sampler.gen_length = 48
-    elif data_name == "codefn":  # the task's default knobs, as configs/tracerl_codefn.py trains
+    elif data_name in ("sudoku4", "countdown", "codefn"):  # the task's default knobs, as its RL recipe trains
         from tracerl_jax import tasks  # pylint: disable=g-import-not-at-top
         c.data.name = data_name
         # Spelled out so each can be changed from the command line (--config.data.knobs.templates=linear).
-        c.data.knobs = ml_collections.ConfigDict(tasks.get_task("codefn").knobs)
-        c.sampler.gen_length = 16
+        c.data.knobs = ml_collections.ConfigDict(tasks.get_task(data_name).knobs)
+        c.sampler.gen_length = 16 if data_name == "codefn" else 48
     elif data_name in ("math500", "gsm8k"):
         c.checkpoint = ""  # required: a TraDo/SDAR HF directory or an export
         c.data.name = data_name
