@@ -12,9 +12,10 @@ Configuration only, two commands (the second reads the first's export):
     python examples/tracerl.py --config=configs/tracerl_full.py --config.value.enabled=True
 
 Measured (docs/results.md, "Full-attention models"; experiments/full_attention.sh): the warm starts
-carry the shipped block model's weights into each layout; LLaDA's scores 0.492 on the 256 held-out
-problems after 300 SFT updates. At this recipe's budget (30 steps x 16 prompts x 8 responses, the block
-recipe's rollouts per step) TraceRL took LLaDA to 0.672 and 0.691 (seeds 0, 1: +18.0, +19.1), and
+carry the shipped block model's weights into each layout; LLaDA's scores 0.457 / 0.492 on the seeds'
+256 held-out problems after 300 SFT updates. At this recipe's budget (30 steps x 16 prompts x 8
+responses, the block recipe's rollouts per step) TraceRL took LLaDA to 0.676 and 0.711 (seeds 0, 1:
++21.9 each; +18.0 and +19.1 from an earlier export of the same command), and
 Dream from its semi-AR warm start (configs/sft.py:dream_semiar, about 30 CPU minutes) by +12.1 and
 +12.9 (one export) and +11.3 and +9.8 (a re-run of it: 0.438 -> 0.551, 0.422 -> 0.520). The stronger
 two-stage Dream start (configs/sft.py:dream: next-token rows first, 0.62 in 11 CPU minutes) is not

@@ -3,18 +3,14 @@
 #   codefn     a small integer function shown by three examples; the response boxes its return expression,
 #              rewarded by the library's sandbox on four hidden tests (configs/tracerl_codefn.py, 40 steps)
 #   countdown  three numbers <= 25 and + - * / to reach a target <= 100 (configs/tracerl_countdown.py, 30 steps)
-# Each: a block-SFT warm start of the small model from the shipped block model's weights (arith_sft: it
-# knows the tokenizer, the answer box and sums), 1500-update cosine schedule stopped at update STOP_AT (600)
-# to leave RL room, then TraceRL, 16 prompts x 8 responses per step. The sandbox's throughput inside the
+# Each: the task's SFT variant (configs/sft.py:codefn, :countdown: the small model from the shipped block
+# model's weights, its 1500-update cosine stopped at update 600 to leave RL room), then TraceRL, 16 prompts x 8 responses per step. The sandbox's throughput inside the
 # loop is in each codefn run's metrics.jsonl (reward_responses_per_s, time_reward against time_step);
 # summarize.py's second table has its share of the step. Runs resume from their checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs}
-sft() { task=$1; dir=$2; shift 2
-  python examples/sft.py --config=configs/sft.py:$task --config.model.preset=small --config.model.init=shipped:arith_sft \
-      --config.num_steps=1500 --config.stop_at="${STOP_AT:-600}" --config.eval.every=50 --config.checkpoint_every=100 \
-      --config.max_to_keep=10 "$@" --workdir="$dir"; }
+sft() { task=$1; dir=$2; shift 2; python examples/sft.py --config=configs/sft.py:$task "$@" --workdir="$dir"; }
 rl() { task=$1; dir=$2; shift 2; python examples/tracerl.py --config=configs/tracerl_$task.py "$@" --config.workdir="$dir"; }
 
 # codefn, the task's five templates (the recipe): TraceRL at two seeds and at lr 1e-4.
@@ -43,6 +39,6 @@ python experiments/summarize.py --out docs/results/codefn "$out"/tracerl_s{0,1} 
 
 # countdown
 out=$OUT/results_countdown
-sft countdown "$OUT/sft_countdown" --config.eval.every=100
+sft countdown "$OUT/sft_countdown"
 rl countdown "$out/tracerl_s0" --config.model.init="$OUT/sft_countdown/export" --config.seed=0
 python experiments/summarize.py --out docs/results/countdown "$out"/tracerl_s0

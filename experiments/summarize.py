@@ -26,11 +26,10 @@ def load(run: Path) -> dict:
     for r in rows:  # a resumed run may log a step twice: the last entry wins
         if "eval/accuracy" in r:
             acc[int(r["step"])] = float(r["eval/accuracy"])
-    steps = sorted({int(r["step"]) for r in rows if "reward" in r})
-    reward = {int(r["step"]): float(r["reward"]) for r in rows if "reward" in r}
-    times = [float(r["time_step"]) for r in rows if "time_step" in r][1:]  # step 1 includes compilation
     step_rows = {int(r["step"]): r for r in rows if "reward" in r}  # the last entry of a step wins
-    return dict(name=run.name, acc=acc, reward=[reward[s] for s in steps], steps=steps,
+    steps = sorted(step_rows)
+    times = [float(r["time_step"]) for r in rows if "time_step" in r][1:]  # step 1 includes compilation
+    return dict(name=run.name, acc=acc, reward=[float(step_rows[s]["reward"]) for s in steps], steps=steps,
                 step_seconds=float(np.median(times)) if times else float("nan"),
                 step_rows=[step_rows[s] for s in steps])
 
