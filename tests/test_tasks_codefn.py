@@ -175,3 +175,23 @@ def test_rollout_reward_runs_the_sandbox_and_is_timed():
                                   score_fn=evaluation.default_verifier(exs), group_filter="none")
     np.testing.assert_array_equal(batch.scores, [[1.0, 0.0], [1.0, 0.0]])
     assert batch.score_seconds > 0.0
+
+
+def test_sandbox_benchmark_checks_its_own_scores(tmp_path):
+    """benchmarks/sandbox.py on a handful of programs: every solution passes in each sandbox, the
+    step batch is scored as built, and the JSON has one row per variant with its program counts."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import sandbox as bench
+
+    out = tmp_path / "sandbox.json"
+    bench.main(["--programs", "4", "--prompts", "2", "--k", "3", "--rounds", "2", "--out", str(out)])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert {"interpreter", "sandbox_w1", "verify_batch"} <= set(rows)
+    assert rows["sandbox_w1"]["programs"] == 4
+    assert 1 <= rows["verify_batch"]["programs"] <= 6  # distinct programs of 2 x 3 responses
+    with pytest.raises(ValueError, match="rounds"):
+        bench.main(["--rounds", "1"])
