@@ -54,6 +54,10 @@ out=$OUT/results_countdown
 sft countdown "$OUT/sft_countdown"
 for seed in 0 1; do rl countdown "$out/tracerl_s$seed" --config.model.init="$OUT/sft_countdown/export" --config.seed=$seed; done
 for method in random_masking coupled; do
-  rl countdown "$out/${method}_s0" --config.model.init="$OUT/sft_countdown/export" --config.seed=0 --config.rl.method=$method
+  for seed in 0 1; do
+    rl countdown "$out/${method}_s$seed" --config.model.init="$OUT/sft_countdown/export" --config.seed=$seed \
+        --config.rl.method=$method
+  done
 done
-python experiments/summarize.py --out docs/results/countdown "$out"/tracerl_s{0,1} "$out"/{random_masking,coupled}_s0
+python experiments/summarize.py --out docs/results/countdown "$out"/tracerl_s{0,1} "$out"/random_masking_s{0,1} \
+    "$out"/coupled_s{0,1}
