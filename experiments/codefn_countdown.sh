@@ -4,9 +4,10 @@
 #              rewarded by the library's sandbox on four hidden tests (configs/tracerl_codefn.py, 40 steps)
 #   countdown  three numbers <= 25 and + - * / to reach a target <= 100 (configs/tracerl_countdown.py, 30 steps)
 # Each: the task's SFT variant (configs/sft.py:codefn, :countdown: the small model from the shipped block
-# model's weights, its 1500-update cosine stopped at update 600 to leave RL room), then TraceRL, 16 prompts x 8 responses per step. The sandbox's throughput inside the
-# loop is in each codefn run's metrics.jsonl (reward_responses_per_s, time_reward against time_step);
-# summarize.py's second table has its share of the step. Runs resume from their checkpoints.
+# model's weights, its 1500-update cosine stopped at update 600 to leave RL room), then TraceRL, 16 prompts
+# x 8 responses per step. The sandbox's throughput inside the loop is in each codefn run's metrics.jsonl
+# (reward_responses_per_s, time_reward against time_step); summarize.py's second table has its share of
+# the step. Runs resume from their checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs}
