@@ -11,8 +11,9 @@ Usage::
     python examples/evaluate.py --config=configs/evaluate.py:smoke --config.checkpoint=random:tiny-dream
 
 Variants after the colon: the data (``arithmetic`` (default), ``sudoku4``,
-``countdown``, ``math500``, ``gsm8k``, ``smoke``), optionally followed by
-``,static`` for the reference's second evaluation setting, or ``,llada`` /
+``countdown``, ``codefn``, ``codefn_linear`` (configs/tracerl_codefn.py:linear's
+task), ``math500``, ``gsm8k``, ``smoke``), optionally followed by ``,static``
+for the reference's second evaluation setting, or ``,llada`` /
 ``,dream`` for the full-attention reference evaluation (§11.3: temperature
 0.1, one token per step, blocks of 32 with a 512 / 1600-token canvas on
 MATH500/GSM8K; Dream adds top_p 0.95, top_k 40).
@@ -98,6 +99,11 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         # Spelled out so each can be changed from the command line (--config.data.knobs.templates=linear).
         c.data.knobs = ml_collections.ConfigDict(tasks.get_task(data_name).knobs)
         c.sampler.gen_length = 16 if data_name == "codefn" else 48
+    elif data_name == "codefn_linear":  # configs/tracerl_codefn.py:linear's task
+        from configs.tracerl_codefn import CODEFN_LINEAR_KNOBS  # pylint: disable=g-import-not-at-top
+        c.data.name = "codefn"
+        c.data.knobs = ml_collections.ConfigDict(CODEFN_LINEAR_KNOBS)
+        c.sampler.gen_length = 16
     elif data_name in ("math500", "gsm8k"):
         c.checkpoint = ""  # required: a TraDo/SDAR HF directory or an export
         c.data.name = data_name
@@ -118,7 +124,7 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.progress = False
     else:
         raise ValueError(f"unknown data variant {data_name!r}; expected arithmetic, sudoku4, countdown, codefn, "
-                         "math500, gsm8k or smoke")
+                         "codefn_linear, math500, gsm8k or smoke")
     for mod in mods:
         if mod == "static":  # the reference's second evaluation pair
             c.sampler.strategy = "low_confidence_static"

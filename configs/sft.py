@@ -8,7 +8,8 @@ Usage::
     python examples/sft.py --config=configs/sft.py:llada       # full attention (configs/tracerl_full.py's warm start)
 
 Variants after the colon: ``arithmetic`` (default), ``sudoku4``,
-``countdown``, ``codefn`` (configs/tracerl_codefn.py's warm start), ``smoke`` (tiny model, a handful of steps), ``llada`` /
+``countdown``, ``codefn`` / ``codefn_linear`` (configs/tracerl_codefn.py's and its ``:linear`` recipe's
+warm starts), ``smoke`` (tiny model, a handful of steps), ``llada`` /
 ``dream`` (a ``small-llada`` / ``small-dream`` model on arithmetic started from the shipped block
 model's weights, §10.2).
 The model preset's family picks the SFT rows: ``model.preset=tiny-llada``
@@ -150,17 +151,22 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.gen_length = 48
         # configs/tracerl_countdown.py's warm start, as measured in docs/results.md (held-out 0.22).
         _from_arith_sft(c, eval_every=100)
-    elif variant == "codefn":
+    elif variant in ("codefn", "codefn_linear"):
         # Small functions from three examples; the target is "\boxed{<return expression>}" (<= 12
-        # tokens), the knobs those of configs/tracerl_codefn.py.
-        from configs.tracerl_codefn import CODEFN_KNOBS  # pylint: disable=g-import-not-at-top
+        # tokens), the knobs those of configs/tracerl_codefn.py (its :linear recipe's for codefn_linear).
+        from configs import tracerl_codefn  # pylint: disable=g-import-not-at-top
         c.workdir = "runs/sft_codefn"
         c.task.name = "codefn"
-        c.task.knobs = ml_collections.ConfigDict(CODEFN_KNOBS)
+        c.task.knobs = ml_collections.ConfigDict(tracerl_codefn.CODEFN_KNOBS)
         c.gen_length = 16
         # configs/tracerl_codefn.py's warm start. The held-out pass rate is 0.02 at update 300 and about 0.1
         # from 400 (docs/results.md).
         _from_arith_sft(c, eval_every=50)
+        if variant == "codefn_linear":
+            c.workdir = "runs/sft_codefn_linear"
+            c.task.knobs = ml_collections.ConfigDict(tracerl_codefn.CODEFN_LINEAR_KNOBS)
+            # Held-out pass rate 0.086 at update 300 (0.012 at 100): a weak start with RL room.
+            c.stop_at = 300
     elif variant in ("llada", "dream", "dream_semiar"):
         # configs/tracerl_full.py's warm start (its default model.init): the shipped block model's weights
         # carried into the LLaDA / Dream layout (models/transfer.py: the q/k norms dropped, Dream's biases at
@@ -215,5 +221,5 @@ def get_config(variant: str = "arithmetic") -> ml_collections.ConfigDict:
         c.optimizer.warmup = 1
         c.progress = False
     else:
-        raise ValueError(f"unknown variant {variant!r}; expected arithmetic, sudoku4, countdown, codefn, llada, dream, dream_semiar or smoke")
+        raise ValueError(f"unknown variant {variant!r}; expected arithmetic, sudoku4, countdown, codefn, codefn_linear, llada, dream, dream_semiar or smoke")
     return c

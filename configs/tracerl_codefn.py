@@ -12,6 +12,14 @@ RL room), which exports to runs/sft_codefn/export. Then
 
     python examples/tracerl.py --config=configs/tracerl_codefn.py
 
+A second recipe, ``configs/tracerl_codefn.py:linear``, trains on linear functions only with
+coefficients in [-3, 3] (``CODEFN_LINEAR_KNOBS``), where a held-out function's slope and constant
+each occur in training, only not together; TraceRL gains about +10 held-out points there in 80
+steps where the five-template recipe gains nothing (docs/results.md, "Code"). Its warm start:
+
+    python examples/sft.py --config=configs/sft.py:codefn_linear
+    python examples/tracerl.py --config=configs/tracerl_codefn.py:linear
+
 The step metrics time_reward (the sandbox's seconds in the step) and
 reward_responses_per_s (responses scored per second; one program each, identical ones run
 once) give the sandbox's throughput and, over time_step, its share of the RL step. Every
@@ -26,9 +34,11 @@ from configs import tracerl
 # examples, four hidden tests; shared with the SFT variant so both train on one distribution.
 CODEFN_KNOBS = dict(templates="linear,quadratic,mod,minmax,pair", max_coef=5, max_const=9, max_input=9,
                     shown=3, hidden=4)
+# 114 linear functions a*x + b (|a| <= 3, |b| <= 9), 16 held out.
+CODEFN_LINEAR_KNOBS = dict(CODEFN_KNOBS, templates="linear", max_coef=3)
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = tracerl.get_config()
     c.workdir = "runs/tracerl_codefn"
     c.task.name = "codefn"
@@ -37,4 +47,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.init = "runs/sft_codefn/export"
     c.rollout.gen_length = 16       # "\boxed{-2*x+2*y-1}" is <= 12 tokens, 13 with EOS
     c.rl.total_steps = 40
+    if variant == "linear":
+        c.workdir = "runs/tracerl_codefn_linear"
+        c.task.knobs = ml_collections.ConfigDict(CODEFN_LINEAR_KNOBS)
+        c.model.init = "runs/sft_codefn_linear/export"
+        # Held-out accuracy still rises between steps 40 and 80 (+9.0 -> +10.5 over two seeds).
+        c.rl.total_steps = 80
+    elif variant:
+        raise ValueError(f"unknown codefn variant {variant!r}; expected '' (five templates) or 'linear'")
     return c

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# configs/evaluate.py:codefn_linear imports its task's knobs from configs.tracerl_codefn, which needs the
+# repository root on the path whatever the working directory.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402

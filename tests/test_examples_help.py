@@ -35,11 +35,13 @@ def test_help_of_an_example_prints_the_config_fields():
     assert "Config fields" in text and "--config.rl.learning_rate=3e-05" in text, text[-2000:]
 
 
-@pytest.mark.parametrize("script,config", [("sft.py", "sft.py:codefn"), ("tracerl.py", "tracerl_codefn.py")])
+@pytest.mark.parametrize("script,config", [("sft.py", "sft.py:codefn"), ("tracerl.py", "tracerl_codefn.py"),
+                                           ("tracerl.py", "tracerl_codefn.py:linear"),
+                                           ("evaluate.py", "evaluate.py:codefn_linear")])
 def test_configs_that_import_their_base_recipe_load_from_any_directory(tmp_path, script, config):
     # configs/sft.py:codefn and the task recipes import ``configs.*``; a run started outside the
     # repository (only tracerl_jax installed) must still load them.
     out = subprocess.run([sys.executable, str(ROOT / "examples" / script), f"--config={ROOT / 'configs' / config}",
                           "--help"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     text = out.stdout + out.stderr
-    assert "Traceback" not in text and "--config.task.name=" in text, text[-2000:]
+    assert "Traceback" not in text and ("--config.task.name=" in text or "--config.data.name=" in text), text[-2000:]

@@ -303,8 +303,9 @@ def test_generation_is_process_independent():
         e.question for e in tasks.get_task("countdown").generate("train", 5, seed=9)]
 
 
-@pytest.mark.parametrize("recipe", ["tracerl_sudoku4", "tracerl_countdown", "tracerl_codefn"])
-def test_task_recipes_fit_their_task(recipe):
+@pytest.mark.parametrize("recipe,variant", [("tracerl_sudoku4", ""), ("tracerl_countdown", ""), ("tracerl_codefn", ""),
+                                            ("tracerl_codefn", "linear")])
+def test_task_recipes_fit_their_task(recipe, variant):
     """The RL recipe, its SFT variant and the evaluation variant share one task, and their lengths hold every prompt and answer of it."""
     import importlib
 
@@ -312,12 +313,14 @@ def test_task_recipes_fit_their_task(recipe):
     from tracerl_jax.rl.config import check_config
     from tracerl_jax.tokenizers import load_tokenizer
 
-    cfg = importlib.import_module(f"configs.{recipe}").get_config()
+    cfg = importlib.import_module(f"configs.{recipe}").get_config(*([variant] if variant else []))
     check_config(cfg)
-    s = sft.get_config(cfg.task.name)
+    name = cfg.task.name + (f"_{variant}" if variant else "")  # the SFT and evaluation variants' name
+    s = sft.get_config(name)
+    assert cfg.model.init == f"{s.workdir}/export"  # the recipe starts from its SFT variant's export
     task = tasks.get_task(cfg.task.name, **cfg.task.knobs.to_dict())
     assert tasks.get_task(s.task.name, **s.task.knobs.to_dict()) == task
-    e = evaluate.get_config(cfg.task.name)  # examples/evaluate.py's variant scores the same task
+    e = evaluate.get_config(name)  # examples/evaluate.py's variant scores the same task
     assert tasks.get_task(e.data.name, **e.data.knobs.to_dict()) == task
     assert e.sampler.gen_length >= cfg.rollout.gen_length
     tok = load_tokenizer(cfg.tokenizer)
@@ -328,3 +331,27 @@ def test_task_recipes_fit_their_task(recipe):
     assert max(map(len, answers)) <= min(cfg.rollout.gen_length, s.gen_length)
     assert cfg.rollout.gen_length % cfg.rollout.block_size == 0
     assert all(3 not in ids for ids in prompts + answers)  # 3 is <unk> in the shipped tokenizer
+
+
+def test_codefn_linear_recipe_is_the_measured_command_line():
+    """configs/*:codefn_linear and tracerl_codefn.py:linear are the knob overrides docs/results.md's runs used."""
+    from configs import sft, tracerl_codefn
+
+    knobs = {"templates": "linear", "max_coef": 3}
+    base, lin = sft.get_config("codefn"), sft.get_config("codefn_linear")
+    base.task.knobs.update(knobs)
+    base.stop_at = 300
+    base.workdir = lin.workdir
+    assert lin == base
+    rl_base, rl_lin = tracerl_codefn.get_config(), tracerl_codefn.get_config("linear")
+    rl_base.task.knobs.update(knobs)
+    rl_base.rl.total_steps = 80
+    rl_base.model.init, rl_base.workdir = rl_lin.model.init, rl_lin.workdir
+    assert rl_lin == rl_base
+    task = tasks.get_task("codefn", **rl_lin.task.knobs.to_dict())
+    # 114 functions (a in [-3, 3] without 0, b in [-9, 9]), 16 held out and never shown in training.
+    train = {task.split_key(e) for e in task.generate("train", 3000, seed=0)}
+    test = {task.split_key(e) for e in task.generate("test", 400, seed=1)}
+    assert (len(train), len(test), len(train & test)) == (98, 16, 0)
+    with pytest.raises(ValueError, match="unknown codefn variant"):
+        tracerl_codefn.get_config("quadratic")
