@@ -11,7 +11,9 @@ OUT=${OUT:-runs/results_sudoku}
 # accuracy 0.141 at update 100, 0.645 at 115 (the same weights, bit for bit,
 # whether made in one leg or stopped at 100 and resumed). The first table's
 # start (0.062 at 100, 0.453 at 115) came from the code of 25 Nov (01997f9) and
-# is not reproduced; docs/results.md reports the runs from each start apart.
+# is not reproduced, not even by that code today (0.191 at 100): float32
+# roundoff, equal to 7 digits for 30 updates, grows through the model's
+# transition (docs/results.md). docs/results.md reports each start's runs apart.
 python examples/sft.py --config=configs/sft.py:sudoku4 --config.model.preset=small --config.num_steps=1500 \
     --config.stop_at=115 --config.export_hf=True --config.workdir=runs/sft_sudoku4
 INIT=runs/sft_sudoku4/export/hf
