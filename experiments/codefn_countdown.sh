@@ -38,9 +38,9 @@ for ckpt in "$OUT/sft_codefn_lmm/export" "$out/lmm_tracerl_s0/export"; do
 done
 # Linear functions only, coefficients in [-3, 3] (configs/tracerl_codefn.py:linear): a held-out function's
 # slope and constant each occur in training, only not together. Its own SFT start (configs/sft.py:codefn_linear,
-# stopped at update 300 of 1500), then TraceRL, random masking and coupled RL for 80 steps, three seeds each.
+# stopped at update 300 of 1500), then TraceRL, random masking and coupled RL for 80 steps, four seeds each.
 sft codefn_linear "$OUT/sft_codefn_linear"
-for seed in 0 1 2; do
+for seed in 0 1 2 3; do
   rl codefn.py:linear "$out/lin3_tracerl_s$seed" --config.model.init="$OUT/sft_codefn_linear/export" --config.seed=$seed
   for method in random_masking coupled; do
     rl codefn.py:linear "$out/lin3_${method}_s$seed" --config.model.init="$OUT/sft_codefn_linear/export" \
@@ -48,7 +48,7 @@ for seed in 0 1 2; do
   done
 done
 python experiments/summarize.py --out docs/results/codefn "$out"/tracerl_s{0,1} "$out"/tracerl_lr1e-4_s0 "$out"/lmm_tracerl_s{0,1} \
-    "$out"/lin3_tracerl_s{0,1,2} "$out"/lin3_random_masking_s{0,1,2} "$out"/lin3_coupled_s{0,1,2}
+    "$out"/lin3_tracerl_s{0,1,2,3} "$out"/lin3_random_masking_s{0,1,2,3} "$out"/lin3_coupled_s{0,1,2,3}
 
 # countdown
 out=$OUT/results_countdown
