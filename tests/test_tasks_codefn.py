@@ -195,4 +195,4 @@ def test_sandbox_benchmark_checks_its_own_scores(tmp_path):
     assert rows["sandbox_w1"]["programs"] == 4
     assert 1 <= rows["verify_batch"]["programs"] <= 6  # distinct programs of 2 x 3 responses
     bad = subprocess.run([sys.executable, str(script), "--rounds", "1"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "rounds" in bad.stderr
+    assert bad.returncode != 0 and "ValueError: " in bad.stderr and "--rounds >= 2" in bad.stderr
